@@ -1,0 +1,34 @@
+# The README's two commands are `make run` and `make test`; both install first if needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-all bench data clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/bandit-sim run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m ''
+
+bench: install
+	$(BIN)/bandit-sim bench --out results/bench
+
+# Rebuild the bundled parquet files from ../shared/datasets (maintainers only).
+data: install
+	$(BIN)/python scripts/build_bundled_data.py --src ../shared/datasets --out bandit_sim/data
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Benchmarks: throughput and fit-time, always side by side with reference implementations."""
