@@ -1,0 +1,474 @@
+"""Routing metrics computed from routed decisions and full-information matrices.
+
+Every function takes plain NumPy arrays: ``quality[N, K]`` and ``cost[N, K]`` (what model k would have scored and
+cost on query n) and ``decisions[..., N]`` (the model index a policy chose for each query; leading axes are
+episodes, parameter grids, ...). Definitions (see ``shared/DESIGN.md``):
+
+* **Quality retention** = mean routed quality / mean quality of always-premium (or of the oracle).
+* **Cost reduction** = 1 - total routed cost / total cost of always-premium.
+* **Oracle** (RouterBench, Hu et al. 2024, "RouterBench: A Benchmark for Multi-LLM Routing System", sec. 3): per
+  query, among the models with the best observed quality, the cheapest one (ties in cost: lowest index).
+* **Best-single**: the fixed model with the highest mean quality (ties: lower total cost, then lower index).
+* **AIQ** (RouterBench sec. 3.2): a router swept over its parameter gives points (c_i, q_i). Its *non-decreasing
+  convex hull* R~(c) is the upper concave envelope of the Pareto-efficient points (points another point dominates --
+  no more cost and at least the quality, one of them strictly -- are dropped), linear between hull vertices
+  (reachable by randomly mixing the two settings), flat to the right of the most expensive vertex (a larger budget
+  can always be left unspent) and 0 left of the cheapest (unreachable). With costs normalised by the upper bound,
+  ``AIQ = 1/(c_hi - c_lo) * integral_{c_lo}^{c_hi} R~(c) dc``. Routers are only comparable over common bounds:
+  pass the same ``c_lo``/``c_hi`` to every call, or use :func:`aiq_table`, which takes the union of all points.
+* **Zero router** (RouterBench sec. 3.2): the non-decreasing convex hull of the individual models' (mean cost, mean
+  quality) points -- what randomly mixing fixed models achieves with no knowledge of the query.
+* **PGR / APGR / CPT** (RouteLLM, Ong et al. 2024, "RouteLLM: Learning to Route LLMs with Preference Data", sec. 4):
+  for a strong/weak pair and a router score per query (higher = send to strong), the router with threshold alpha
+  sends the queries with score >= alpha to the strong model. At a share c of strong calls,
+  ``PGR(c) = (r(c) - r_weak) / (r_strong - r_weak)`` with r the mean quality. ``APGR = integral_0^1 PGR(c) dc``;
+  ``CPT(x) = min {c : PGR(c) >= x}``. Here the integral is exact over every threshold (c = k/N, k = 0..N, trapezoid
+  rule between them = random mixing of neighbouring thresholds); queries with tied scores are routed together, so
+  inside a tie group PGR is interpolated linearly (the expectation under random tie-breaking). A router with
+  constant scores is then the random router: PGR(c) = c, APGR = 0.5, CPT(50%) = 0.5. RouteLLM's own approximation
+  averages PGR at 10 call-share points; pass ``n_points=10`` to :func:`apgr` to get that.
+* **Convergence time** (DESIGN.md): the number of queries after which the rolling mean (window 50) of instantaneous
+  regret stays below a threshold until the end of the episode.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "routed_outcomes",
+    "quality_retention",
+    "cost_reduction",
+    "oracle_decisions",
+    "best_single",
+    "utilization",
+    "summarize",
+    "nondecreasing_hull",
+    "aiq",
+    "zero_router_hull",
+    "aiq_table",
+    "PGRCurve",
+    "pgr_curve",
+    "apgr",
+    "cpt",
+    "ConvergenceResult",
+    "rolling_mean",
+    "convergence_time",
+]
+
+
+def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N queries, K models) array, got shape {x.shape}")
+    return x
+
+
+def _check_decisions(decisions: np.ndarray, n: int, k: int) -> np.ndarray:
+    d = np.asarray(decisions)
+    if not np.issubdtype(d.dtype, np.integer):
+        raise ValueError(f"decisions must be integer model indices, got dtype {d.dtype}")
+    if d.shape[-1:] != (n,):
+        raise ValueError(f"decisions must have shape (..., N={n}), got {d.shape}")
+    if d.size and (d.min() < 0 or d.max() >= k):
+        raise ValueError(f"decisions must lie in [0, K={k}); found range [{d.min()}, {d.max()}]")
+    return d
+
+
+def routed_outcomes(
+    decisions: np.ndarray, quality: np.ndarray, cost: np.ndarray, query_index: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quality and cost each routed query actually got.
+
+    Args:
+      decisions: (..., T) int model index chosen at each step.
+      quality: (N, K) full-information quality.
+      cost: (N, K) full-information cost.
+      query_index: optional (..., T) int row of ``quality``/``cost`` served at each step (episodes that visit the
+        queries in their own order); default: step t serves query t (T == N).
+
+    Returns:
+      (quality (..., T), cost (..., T)) float64.
+    """
+    quality = _check_matrix(quality, "quality")
+    cost = _check_matrix(cost, "cost")
+    if quality.shape != cost.shape:
+        raise ValueError(f"quality {quality.shape} and cost {cost.shape} must have the same shape")
+    n, k = quality.shape
+    d = np.asarray(decisions)
+    if query_index is None:
+        rows = np.arange(n)
+        d = _check_decisions(d, n, k)
+    else:
+        rows = np.asarray(query_index)
+        if rows.shape != d.shape:
+            raise ValueError(f"query_index shape {rows.shape} must equal decisions shape {d.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise ValueError(f"query_index must lie in [0, N={n})")
+        d = _check_decisions(d, d.shape[-1], k)
+    return quality[rows, d], cost[rows, d]
+
+
+def quality_retention(routed_quality: np.ndarray, reference_quality: np.ndarray) -> np.ndarray:
+    """Mean routed quality divided by the mean quality of a reference (always-premium or oracle) on the same queries.
+
+    Args:
+      routed_quality: (..., T) quality the policy got.
+      reference_quality: (..., T) or (T,) quality the reference got on the same queries.
+
+    Returns:
+      (...,) ratio of means.
+    """
+    ref = np.mean(reference_quality, axis=-1)
+    if np.any(ref <= 0):
+        raise ValueError("reference mean quality must be > 0 for a retention ratio")
+    return np.mean(routed_quality, axis=-1) / ref
+
+
+def cost_reduction(routed_cost: np.ndarray, reference_cost: np.ndarray) -> np.ndarray:
+    """1 - total routed cost / total cost of the reference (always-premium) on the same queries.
+
+    Args:
+      routed_cost: (..., T) cost the policy paid.
+      reference_cost: (..., T) or (T,) cost the reference paid.
+
+    Returns:
+      (...,) cost reduction (1 = free, 0 = as expensive, < 0 = more expensive).
+    """
+    ref = np.sum(reference_cost, axis=-1)
+    if np.any(ref <= 0):
+        raise ValueError("reference total cost must be > 0 for a cost reduction")
+    return 1.0 - np.sum(routed_cost, axis=-1) / ref
+
+
+def oracle_decisions(quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Per query, the cheapest model among those with the best observed quality (ties in cost: lowest index).
+
+    Args:
+      quality: (N, K); cost: (N, K).
+
+    Returns:
+      (N,) int64 model indices.
+    """
+    quality = _check_matrix(quality, "quality")
+    cost = _check_matrix(cost, "cost")
+    best = quality >= quality.max(axis=1, keepdims=True)
+    return np.argmin(np.where(best, cost, np.inf), axis=1).astype(np.int64)
+
+
+def best_single(quality: np.ndarray, cost: np.ndarray) -> int:
+    """The fixed model with the highest mean quality (ties: lower total cost, then lower index).
+
+    Args:
+      quality: (N, K); cost: (N, K).
+
+    Returns:
+      model index.
+    """
+    quality = _check_matrix(quality, "quality")
+    cost = _check_matrix(cost, "cost")
+    order = np.lexsort((np.arange(quality.shape[1]), cost.sum(0), -quality.mean(0)))
+    return int(order[0])
+
+
+def utilization(decisions: np.ndarray, k: int) -> np.ndarray:
+    """Share of queries routed to each model.
+
+    Args:
+      decisions: (..., T) int model indices.
+      k: number of models.
+
+    Returns:
+      (..., K) float64 shares summing to 1 over the last axis.
+    """
+    d = np.asarray(decisions)
+    one_hot = d[..., None] == np.arange(k)
+    return one_hot.mean(axis=-2)
+
+
+def summarize(
+    decisions: np.ndarray,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    premium: int,
+    query_index: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """All per-episode routing metrics of one policy against always-premium and the oracle on the same queries.
+
+    Args:
+      decisions: (..., T) int model indices.
+      quality: (N, K); cost: (N, K).
+      premium: index of the always-premium model.
+      query_index: optional (..., T) query served at each step (see :func:`routed_outcomes`).
+
+    Returns:
+      dict of (...,) arrays: ``quality`` (mean), ``cost_usd`` (total), ``quality_retention`` (vs premium),
+      ``quality_vs_oracle``, ``cost_reduction`` (vs premium); and ``utilization`` (..., K).
+    """
+    q, c = routed_outcomes(decisions, quality, cost, query_index)
+    k = np.asarray(quality).shape[1]
+    d = np.asarray(decisions)
+    prem = np.broadcast_to(np.int64(premium), d.shape).astype(np.int64)
+    orc_all = oracle_decisions(quality, cost)
+    rows = np.broadcast_to(np.arange(d.shape[-1]), d.shape) if query_index is None else np.asarray(query_index)
+    qp, cp = routed_outcomes(prem, quality, cost, query_index)
+    qo, _ = routed_outcomes(orc_all[rows], quality, cost, query_index)
+    return {
+        "quality": q.mean(-1),
+        "cost_usd": c.sum(-1),
+        "quality_retention": quality_retention(q, qp),
+        "quality_vs_oracle": quality_retention(q, qo),
+        "cost_reduction": cost_reduction(c, cp),
+        "utilization": utilization(d, k),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- AIQ
+
+
+def nondecreasing_hull(cost: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices of the non-decreasing convex hull (RouterBench) of (cost, quality) points.
+
+    Args:
+      cost: (P,) costs; quality: (P,) qualities.
+
+    Returns:
+      (hull_cost (H,), hull_quality (H,)) sorted by cost, strictly increasing in both.
+    """
+    c = np.asarray(cost, dtype=np.float64).ravel()
+    q = np.asarray(quality, dtype=np.float64).ravel()
+    if c.shape != q.shape or c.size == 0:
+        raise ValueError(f"cost {c.shape} and quality {q.shape} must be non-empty and of the same length")
+    if not (np.all(np.isfinite(c)) and np.all(np.isfinite(q))):
+        raise ValueError("cost and quality points must be finite")
+    # Pareto filter: sort by cost (then quality descending), keep points that raise the running best quality.
+    order = np.lexsort((-q, c))
+    c, q = c[order], q[order]
+    prev_best = np.concatenate([[-np.inf], np.maximum.accumulate(q)[:-1]])
+    keep = q > prev_best
+    c, q = c[keep], q[keep]
+    # Upper concave envelope (monotone chain); P is small (a lambda sweep), so a loop over points is fine.
+    hc: list[float] = []
+    hq: list[float] = []
+    for ci, qi in zip(c, q):
+        while len(hc) >= 2:
+            cross = (hc[-1] - hc[-2]) * (qi - hq[-2]) - (hq[-1] - hq[-2]) * (ci - hc[-2])
+            if cross >= 0:  # the middle vertex lies on or below the chord: not on the upper hull
+                hc.pop()
+                hq.pop()
+            else:
+                break
+        hc.append(float(ci))
+        hq.append(float(qi))
+    return np.asarray(hc), np.asarray(hq)
+
+
+def _hull_integral(hc: np.ndarray, hq: np.ndarray, lo: float, hi: float) -> float:
+    """Integral over [lo, hi] of the hull function: linear between vertices, flat right, 0 left of the cheapest."""
+    nodes = np.unique(np.concatenate([[lo, hi], hc[(hc > lo) & (hc < hi)]]))
+    a, b = nodes[:-1], nodes[1:]
+    # hc[0] is a node whenever it lies inside (lo, hi), so no segment straddles the step from 0 up to hq[0].
+    reach = a >= hc[0]
+    fa = np.where(reach, np.interp(a, hc, hq), 0.0)  # np.interp is flat beyond the last vertex
+    fb = np.where(reach, np.interp(b, hc, hq), 0.0)
+    return float(np.sum((fa + fb) * 0.5 * (b - a)))
+
+
+def aiq(cost: np.ndarray, quality: np.ndarray, c_lo: float | None = None, c_hi: float | None = None) -> float:
+    """RouterBench's Average Improvement in Quality: the mean of the non-decreasing convex hull over [c_lo, c_hi].
+
+    Args:
+      cost: (P,) costs of the router's sweep points; quality: (P,) their qualities.
+      c_lo, c_hi: integration bounds (default: the points' min and max cost). Use common bounds across routers.
+
+    Returns:
+      AIQ = integral_{c_lo}^{c_hi} R~(c) dc / (c_hi - c_lo), in quality units.
+    """
+    hc, hq = nondecreasing_hull(cost, quality)
+    lo = float(np.min(cost)) if c_lo is None else float(c_lo)
+    hi = float(np.max(cost)) if c_hi is None else float(c_hi)
+    if hi < lo:
+        raise ValueError(f"need c_lo <= c_hi, got {lo} > {hi}")
+    if hi == lo:
+        return float(np.interp(lo, hc, hq)) if lo >= hc[0] else 0.0
+    return _hull_integral(hc, hq, lo, hi) / (hi - lo)
+
+
+def zero_router_hull(model_cost: np.ndarray, model_quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RouterBench's Zero router: the non-decreasing convex hull of the individual models' (cost, quality) points.
+
+    Args:
+      model_cost: (K,) mean (or total) cost of each model; model_quality: (K,) mean quality of each model.
+
+    Returns:
+      (hull_cost (H,), hull_quality (H,)).
+    """
+    return nondecreasing_hull(model_cost, model_quality)
+
+
+def aiq_table(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """AIQ of several routers over common bounds (the cheapest and dearest point over all of them).
+
+    Args:
+      curves: name -> (cost (P,), quality (P,)); include ``"zero_router"`` (the models' points) and the oracle.
+
+    Returns:
+      name -> AIQ, plus ``"_c_lo"``/``"_c_hi"`` (the bounds used).
+    """
+    if not curves:
+        raise ValueError("aiq_table needs at least one curve")
+    lo = min(float(np.min(c)) for c, _ in curves.values())
+    hi = max(float(np.max(c)) for c, _ in curves.values())
+    out = {name: aiq(c, q, lo, hi) for name, (c, q) in curves.items()}
+    out["_c_lo"], out["_c_hi"] = lo, hi
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- APGR / CPT
+
+
+class PGRCurve(NamedTuple):
+    """Performance gap recovered as a function of the share of calls to the strong model."""
+
+    share: np.ndarray  # (N+1,) k/N, k = 0..N
+    pgr: np.ndarray  # (N+1,) PGR when the k highest-scored queries go to the strong model (ties interpolated)
+    r_strong: float  # mean quality of always-strong
+    r_weak: float  # mean quality of always-weak
+
+
+def pgr_curve(scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray) -> PGRCurve:
+    """PGR at every share k/N of strong calls for a router that sends the highest-scored queries to strong.
+
+    Args:
+      scores: (N,) router score per query (e.g. P(strong wins | q)); higher = route to strong.
+      q_strong: (N,) quality of the strong model per query; q_weak: (N,) of the weak model.
+
+    Returns:
+      PGRCurve; raises if the strong model is not better on average.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    qs = np.asarray(q_strong, dtype=np.float64).ravel()
+    qw = np.asarray(q_weak, dtype=np.float64).ravel()
+    if not (s.shape == qs.shape == qw.shape) or s.size == 0:
+        raise ValueError(f"scores {s.shape}, q_strong {qs.shape}, q_weak {qw.shape} must be equal non-empty")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must be finite")
+    n = s.size
+    r_s, r_w = qs.mean(), qw.mean()
+    if not r_s > r_w:
+        raise ValueError(f"strong model mean quality {r_s:.4f} must exceed the weak model's {r_w:.4f}")
+    order = np.argsort(-s, kind="stable")
+    gain = (qs - qw)[order]
+    cum = np.concatenate([[0.0], np.cumsum(gain)])  # (N+1,) total gain when the top k go to strong
+    # Tie groups are routed together: inside a group interpolate linearly between the group's end points.
+    ss = s[order]
+    boundary = np.concatenate([[True], ss[1:] != ss[:-1], [True]])  # k is a group boundary
+    kb = np.flatnonzero(boundary)
+    k = np.arange(n + 1)
+    cum_interp = np.interp(k, kb, cum[kb])
+    pgr = (cum_interp / n) / (r_s - r_w)  # r(k) - r_weak = (total gain of the top k) / N
+    return PGRCurve(share=k / n, pgr=pgr, r_strong=float(r_s), r_weak=float(r_w))
+
+
+def apgr(scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, n_points: int | None = None) -> float:
+    """RouteLLM's average performance gap recovered, integral_0^1 PGR(c) dc over the share c of strong calls.
+
+    Args:
+      scores: (N,); q_strong: (N,); q_weak: (N,) as in :func:`pgr_curve`.
+      n_points: None for the exact integral (trapezoid over every threshold); an int m for RouteLLM's discrete
+        approximation, the mean of PGR at shares 1/m, 2/m, ..., 1 (curve interpolated between thresholds).
+
+    Returns:
+      APGR (0.5 for a random router; 1 only if all of the gap is recovered at once).
+    """
+    curve = pgr_curve(scores, q_strong, q_weak)
+    if n_points is None:
+        return float(np.sum((curve.pgr[1:] + curve.pgr[:-1]) * 0.5 * np.diff(curve.share)))
+    if n_points < 1:
+        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    c = np.arange(1, n_points + 1) / n_points
+    return float(np.mean(np.interp(c, curve.share, curve.pgr)))
+
+
+def cpt(scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, target: float) -> float:
+    """RouteLLM's call-performance threshold: the least share of strong calls at which PGR reaches ``target``.
+
+    Args:
+      scores: (N,); q_strong: (N,); q_weak: (N,) as in :func:`pgr_curve`.
+      target: PGR to reach, e.g. 0.5 for CPT(50%), 0.8 for CPT(80%).
+
+    Returns:
+      share in [0, 1] (interpolated linearly between thresholds); NaN if PGR never reaches the target.
+    """
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target must be in [0, 1], got {target}")
+    curve = pgr_curve(scores, q_strong, q_weak)
+    hit = np.flatnonzero(curve.pgr >= target - 1e-12)
+    if hit.size == 0:
+        return float("nan")
+    j = int(hit[0])
+    if j == 0:
+        return 0.0
+    p0, p1 = curve.pgr[j - 1], curve.pgr[j]
+    frac = (target - p0) / (p1 - p0)
+    return float(curve.share[j - 1] + np.clip(frac, 0.0, 1.0) * (curve.share[j] - curve.share[j - 1]))
+
+
+# ---------------------------------------------------------------------------------------------------- convergence
+
+
+class ConvergenceResult(NamedTuple):
+    """Convergence time per episode."""
+
+    queries: np.ndarray  # (E,) int64: queries after which the rolling mean stays below; T if never converged
+    converged: np.ndarray  # (E,) bool: False where the last rolling mean is still >= threshold (censored at T)
+
+
+def rolling_mean(x: np.ndarray, window: int = 50) -> np.ndarray:
+    """Trailing mean over full windows along the last axis.
+
+    Args:
+      x: (..., T); window: window length (<= T).
+
+    Returns:
+      (..., T - window + 1): element j is the mean of x[..., j : j + window].
+    """
+    x = np.asarray(x, dtype=np.float64)
+    t = x.shape[-1]
+    if not 1 <= window <= t:
+        raise ValueError(f"window must be in [1, T={t}], got {window}")
+    c = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(x, axis=-1)], axis=-1)
+    return (c[..., window:] - c[..., :-window]) / window
+
+
+def convergence_time(regret: np.ndarray, threshold: float, window: int = 50) -> ConvergenceResult:
+    """Queries after which the rolling mean (``window``) of instantaneous regret stays below ``threshold`` to the end.
+
+    Args:
+      regret: (E, T) or (T,) instantaneous regret per step (count steps from the event of interest, e.g. arrival).
+      threshold: the stated regret threshold.
+      window: rolling window (DESIGN.md: 50).
+
+    Returns:
+      ConvergenceResult with (E,) arrays: ``queries`` = t + 1 for the first full window, ending at step t, of the
+      final run of windows below the threshold (so the minimum is ``window``); T and ``converged = False`` when
+      the last window is not below.
+    """
+    r = np.asarray(regret, dtype=np.float64)
+    if r.ndim == 1:
+        r = r[None]
+    if r.ndim != 2:
+        raise ValueError(f"regret must be (E, T) or (T,), got shape {r.shape}")
+    if not np.all(np.isfinite(r)):
+        raise ValueError("regret contains non-finite values")
+    roll = rolling_mean(r, window)  # (E, W)
+    w = roll.shape[1]
+    above = roll >= threshold
+    # index of the last window at or above the threshold (-1 if none)
+    last_above = np.where(above.any(axis=1), w - 1 - np.argmax(above[:, ::-1], axis=1), -1)
+    converged = last_above < w - 1
+    first_below = last_above + 1
+    queries = np.where(converged, first_below + window, r.shape[1]).astype(np.int64)
+    return ConvergenceResult(queries=queries, converged=converged)
