@@ -453,10 +453,14 @@ def preprocess_arena55k(raw: pd.DataFrame, *, source: str = "arena55k", cache_di
         imputed[rows[ok], idx[ok]] = False
         pair[rows[ok], idx[ok]] = score[ok]
     n_imp = int(imputed.sum())
+    none_observed = int(imputed.all(axis=1).sum())
+    if none_observed:
+        notes.append(f"prompts kept although neither answer is from a table model (all their output_tokens "
+                     f"imputed): {none_observed}")
     notes.append(f"output_tokens imputed for {n_imp} of {n * k} (prompt, model) rows ({n_imp / (n * k):.1%}): "
                  f"the model's training median on the topic (overall training median when it has fewer than "
                  f"{MIN_IMPUTE_OBS} there); flagged by imputed_tokens")
-    notes.append(f"seed is not used: the 55k split and fit are deterministic")
+    notes.append("seed is not used: the 55k split and fit are deterministic")
 
     quality = bt.quality_table()[:, [bt.models.index(m) for m in models]]             # (T, K)
     p_in = np.array([prices[m][0] for m in models])

@@ -303,3 +303,18 @@ def test_real_hf_path_stays_offline(monkeypatch, tmp_path):
     with pytest.raises(Arena55kUnavailableError, match="no local copy"):
         read_arena55k_raw(hf_cache_dir=str(tmp_path / "hf_cache"))
     assert (dcfg.HF_HUB_OFFLINE, hconst.HF_HUB_OFFLINE) == before
+
+
+def test_self_pair_kept_for_tokens_not_for_fit(fixture_file, tmp_path):
+    _, raw = fixture_file
+    d = raw.copy()
+    d.loc[2, "model_b"] = d.loc[2, "model_a"]
+    p = tmp_path / "selfpair.csv"
+    d.to_csv(p, index=False)
+    rd = load_arena55k(p)
+    assert any("against itself" in n for n in rd.notes)
+    row = rd.table.set_index(["prompt_id", "model"]).loc[(d.loc[2, "id"], d.loc[2, "model_a"])]
+    assert not row["imputed_tokens"]
+    bt = BradleyTerryModel.from_dict(rd.extra["bradley_terry"])
+    base = BradleyTerryModel.from_dict(load_arena55k(fixture_file[0]).extra["bradley_terry"])
+    assert bt.n_comparisons.sum() == base.n_comparisons.sum() - 2
