@@ -61,7 +61,7 @@ TOPIC_RULES: tuple[tuple[str, str], ...] = (
              r"|\bjava\b|c\+\+|\brust\b|golang|\bsql\b|\bhtml\b|\bcss\b|\bregex|\bcode\b|\bcoding\b|\bscript\b"
              r"|\bbash\b|\bcompil|\bdebug|\bapi\b|\balgorithm|\bprogram"),
     ("math", r"\bmath|\bequation|\bsolve\b|\bintegral|\bderivative|\bcalculat|\bprobabilit|\bfraction"
-             r"|\bpercent|\bsquare root|\bprime\b|\balgebra|\bgeometr|\btheorem|\d+\s*[-+*/^×÷=]\s*\d+"),
+             r"|\bpercent|\bsquare root|\bprime\b|\balgebra|\bgeometr|\btheorem|\d\s*[+*/^×÷=]\s*\d|\d\s+-\s+\d"),  # "12-05" (dates) is not math
     ("writing", r"\bwrite\b|\bwriting\b|\brewrite|\bessay|\bpoem|\bstory|\bstories|\bemail|\bletter\b|\blyrics"
                 r"|\bsong\b|\bsummar|\bparaphrase|\bblog|\barticle|\bslogan|\bhaiku|\bjoke|\btweet|\bdraft\b"),
     ("reasoning", r"\bwhy\b|\bexplain|\breason|\briddle|\bpuzzle|\blogic|\bdeduc|\bif\b.*\bthen\b|\bhow many\b"

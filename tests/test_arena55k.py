@@ -196,8 +196,9 @@ def test_exclusions_reported(loaded):
 
 
 def test_topic_rules():
-    got = topic_of([PROMPTS[k] for k in PROMPTS] + ["", "Compute 12 * 7", "def f(x): return x"])
-    assert got.tolist() == list(PROMPTS) + ["other", "math", "code"]
+    got = topic_of([PROMPTS[k] for k in PROMPTS] + ["", "Compute 12 * 7", "def f(x): return x",
+                                                   "Plan my trip on 2024-05-06", "what is 7 - 3"])
+    assert got.tolist() == list(PROMPTS) + ["other", "math", "code", "other", "math"]
 
 
 def test_env_var_parquet_and_load_data(tmp_path, monkeypatch):
