@@ -62,6 +62,17 @@ _FAMILY_RULES: tuple[tuple[str, str], ...] = (
     (r"tulu", "AllenAI"),
     (r"internlm", "Shanghai AI Lab"),
     (r"krikri", "ILSP"),
+    (r"falcon", "TII"),
+    (r"mpt-|dolly", "Databricks"),
+    (r"stablelm", "Stability AI"),
+    (r"koala|alpaca|guanaco|gpt4all", "Meta"),  # LLaMA fine-tunes
+    (r"oasst", "LAION"),
+    (r"rwkv", "RWKV"),
+    (r"fastchat-t5", "LMSYS"),
+    (r"solar-", "Upstage"),
+    (r"pplx-", "Perplexity"),
+    (r"zephyr|openhermes|nous-hermes|dolphin", "Mistral"),  # fine-tunes of Mistral/Mixtral bases
+    (r"stripedhyena", "Together"),
 )
 
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(f for _, f in _FAMILY_RULES)) + ("Other",)
@@ -131,6 +142,8 @@ PRICES: dict[str, Price] = {
     "claude-3-5-sonnet-20241022": _p(3.0, 15.0, "anthropic"),
     # --- Google list prices (Gemini 1.5: <=128k context tier) ---
     "gemini-pro": _p(0.5, 1.5, "google"),
+    "gemini-pro-dev-api": _p(0.5, 1.5, "google"),
+    "palm-2": _p(0.5, 1.5, "google (per-character price converted at 4 chars/token)"),
     "gemini-1.0-pro": _p(0.5, 1.5, "google"),
     "gemini-1.5-pro-api-0409-preview": _p(3.5, 10.5, "google"),
     "gemini-1.5-pro-api-0514": _p(3.5, 10.5, "google"),
@@ -169,6 +182,18 @@ _OPEN_WEIGHT_SIZES: dict[str, float] = {
     "vicuna-7b-v1.5": 0.2, "vicuna-13b-v1.5": 0.3, "vicuna-33b": 0.8, "vicuna-33b-v1.3": 0.8,
     "internlm2-20b-chat": 0.8, "internlm2-20b-5-chat": 0.8,
     "aya-expanse-8b": 0.2, "aya-expanse-32b": 0.8,
+    # models of the LM Arena human-preference 55k set (2023 - early 2024)
+    "vicuna-7b": 0.2, "vicuna-13b": 0.3, "llama-2-7b-chat": 0.2, "llama-2-13b-chat": 0.3,
+    "codellama-34b-instruct": 0.776, "codellama-70b-instruct": 0.9, "wizardlm-13b": 0.3, "wizardlm-70b": 0.9,
+    "zephyr-7b-beta": 0.2, "zephyr-7b-alpha": 0.2, "openchat-3.5": 0.2, "openchat-3.5-0106": 0.2,
+    "mistral-7b-instruct-v0.2": 0.2, "openhermes-2.5-mistral-7b": 0.2, "dolphin-2.2.1-mistral-7b": 0.2,
+    "nous-hermes-2-mixtral-8x7b-dpo": 0.6, "solar-10.7b-instruct-v1.0": 0.3, "stripedhyena-nous-7b": 0.2,
+    "koala-13b": 0.3, "alpaca-13b": 0.3, "gpt4all-13b-snoozy": 0.3, "guanaco-33b": 0.8,
+    "oasst-pythia-12b": 0.3, "dolly-v2-12b": 0.3, "stablelm-tuned-alpha-7b": 0.2, "fastchat-t5-3b": 0.1,
+    "mpt-7b-chat": 0.2, "mpt-30b-chat": 0.8, "rwkv-4-raven-14b": 0.3, "chatglm-6b": 0.2, "chatglm2-6b": 0.2,
+    "chatglm3-6b": 0.2, "qwen-14b-chat": 0.3, "qwen1.5-4b-chat": 0.1, "qwen1.5-7b-chat": 0.2,
+    "qwen1.5-14b-chat": 0.3, "deepseek-llm-67b-chat": 0.9, "falcon-180b-chat": 3.5, "yi-34b-chat": 0.8,
+    "pplx-7b-online": 0.2, "pplx-70b-online": 0.9, "tulu-2-dpo-70b": 0.9,
 }
 _PROPRIETARY_OPEN_NOTE = {
     "yi-large": "01.AI list price", "yi-large-preview": "01.AI list price", "yi-lightning": "01.AI list price",
