@@ -149,9 +149,11 @@ def validate_inputs(features, model_idx, family_of_model, tokens, censor_at=None
     return x, m.astype(np.int32), fam.astype(np.int32), t.astype(np.float32), c, g
 
 
-def _prepare(x, m, fam, t, censor_at, std: Standardizer) -> _Prepared:
+def _prepare(x, m, fam, t, censor_at, std: Standardizer, batch_size: int | None = None) -> _Prepared:
     n = x.shape[0]
-    npad = -(-n // PAD_ROWS) * PAD_ROWS
+    # pad so that tables of similar size share one compiled step: to a multiple of PAD_ROWS (full batch; the step
+    # cost grows with the padding) or to a power of two (minibatches; the step cost does not depend on the padding)
+    npad = -(-n // PAD_ROWS) * PAD_ROWS if batch_size is None or batch_size >= n else 1 << (n - 1).bit_length()
     pad = npad - n
     z = std.transform(x)
     design = np.concatenate([np.ones((n, 1), np.float32), z], axis=1)
@@ -260,7 +262,9 @@ def fit_svi(
     t0 = time.perf_counter()
     x, m, fam, t, c, g = validate_inputs(features, model_idx, family_of_model, tokens, censor_at, n_families)
     std = Standardizer.fit(x)
-    prep = _prepare(x, m, fam, t, c, std)
+    batch = config.batch_size if config.batch_size is not None and config.batch_size < x.shape[0] else None
+    config = config._replace(batch_size=batch)
+    prep = _prepare(x, m, fam, t, c, std, batch)
     k = fam.shape[0]
     runner = _runner(config, k, g, c is not None)
     data = tuple(jnp.asarray(a) for a in prep)

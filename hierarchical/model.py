@@ -29,7 +29,8 @@ Censoring: the bundled data carry no "hit the max length" flag (no finish reason
 censored row contributes :math:`\log P(y > c) = \log(1 - F_t(c))` instead of the density.
 
 Rows carry a ``weight`` (1 for data, 0 for padding), so tables padded to a fixed size reuse one compiled SVI step.
-With ``batch_size`` the likelihood is subsampled (``numpyro.plate(subsample_size=...)``): an unbiased minibatch ELBO.
+With ``batch_size`` the likelihood is estimated from ``batch_size`` rows drawn uniformly with replacement among the
+real rows and scaled by ``n_real / batch_size``: an unbiased minibatch ELBO.
 """
 
 from __future__ import annotations
@@ -120,13 +121,21 @@ def token_model(
         "nu_m2": numpyro.sample("nu_m2", dist.Gamma(2.0, 0.1)),
     }
     p = derive(latents, family_of_model)
-    with numpyro.plate("rows", n, subsample_size=batch_size) as idx:
-        m = model_idx[idx]
-        loc = jnp.sum(x[idx] * p["theta"][m], axis=-1)
-        scale = jnp.exp(p["log_sigma"][m])
-        like = dist.StudentT(p["nu"], loc, scale)
-        lp = like.log_prob(y[idx])
-        if censoring:
-            log_sf = jnp.log1p(-jnp.clip(like.cdf(censor_log[idx]), 0.0, 1.0 - 1e-7))
-            lp = jnp.where(is_censored[idx] > 0, log_sf, lp)
-        numpyro.factor("obs", lp * weight[idx])
+    if batch_size is None:
+        idx = jnp.arange(n)
+        scale_factor = 1.0
+    else:
+        # minibatch drawn with replacement among the real rows (padding sits at the end), so the padded size does
+        # not thin the batch; n_real is traced, so tables padded to the same size share one compiled step
+        n_real = jnp.sum(weight > 0)
+        idx = jax.random.randint(numpyro.prng_key(), (batch_size,), 0, n_real)
+        scale_factor = n_real.astype(jnp.float32) / batch_size
+    m = model_idx[idx]
+    loc = jnp.sum(x[idx] * p["theta"][m], axis=-1)
+    scale = jnp.exp(p["log_sigma"][m])
+    like = dist.StudentT(p["nu"], loc, scale)
+    lp = like.log_prob(y[idx])
+    if censoring:
+        log_sf = jnp.log1p(-jnp.clip(like.cdf(censor_log[idx]), 0.0, 1.0 - 1e-7))
+        lp = jnp.where(is_censored[idx] > 0, log_sf, lp)
+    numpyro.factor("obs", scale_factor * jnp.sum(lp * weight[idx]))
