@@ -1,0 +1,222 @@
+"""Throughput benchmark: exact-Beta Thompson routing in JAX vs NumPy (loop, vectorized) and MABWiser.
+
+`bandit-sim bench --out DIR [--quick]` writes DIR/bench.json and DIR/bench.md. Compile time is measured
+separately (``lower(...).compile()``) and excluded from decisions/s; run time is the best of `repeats`
+calls, each ended with ``block_until_ready``. The process re-executes itself with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (N = CPU cores, at most 2 by default) when it
+has a single CPU device, so JAX rows on 1 and on N devices are measured in the same process.
+peak_rss_mb is the process's peak resident memory after the row (monotone over the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run_bench", "add_bench_subparser"]
+
+T_FULL = 2000
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _world(quick: bool):
+    from .loaders import load_data
+    from .world import world_from_table
+
+    w, info = world_from_table(load_data("routerbench").table, split="test")
+    return w, info
+
+
+def _jax_row(w, hyper, episodes, steps, devices, options, repeats, label, grid=None):
+    import jax
+
+    from .kernel import lower_simulate
+
+    t0 = time.perf_counter()
+    lowered, args = lower_simulate(w, jax.random.key(0), hyper, policy="thompson", episodes=episodes,
+                                   steps=steps, chunk=25, options=options, devices=devices)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    best = np.inf
+    for r in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        best = min(best, time.perf_counter() - t)
+    g = 1 if grid is None else grid[0] * grid[1]
+    return dict(impl=label, episodes=episodes, grid=grid, steps=steps, devices=devices,
+                decisions=episodes * g * steps, seconds=best, decisions_per_s=episodes * g * steps / best,
+                compile_s=compile_s, peak_rss_mb=_rss_mb())
+
+
+def _bench(out: Path, quick: bool) -> dict:
+    import jax
+
+    from .kernel import hyper_grid
+    from .policies import default_hyper
+    from .reference import run_reference, thompson_vectorized
+
+    out.mkdir(parents=True, exist_ok=True)
+    w, info = _world(quick)
+    k = w.quality.shape[1]
+    h = default_hyper(k)
+    steps = 200 if quick else T_FULL
+    e_list = [1, 64] if quick else [1, 1024, 8192]
+    n_dev = len(jax.local_devices())
+    rows = []
+    exact = {"sampler": "exact", "n_candidates": 3}
+    for e in e_list:
+        for d in sorted({1, n_dev}):
+            if e % d or (e == 1 and d > 1):
+                continue
+            rows.append(_jax_row(w, h, e, steps, d, exact, 1 if e >= 8192 else 2, "jax_exact_beta"))
+            print(json.dumps(rows[-1]), flush=True)
+    gsz = (2, 2) if quick else (8, 8)
+    lam = np.linspace(0.0, 1.0, gsz[0])
+    gam = np.linspace(0.0, 1.0, gsz[1])
+    hg = hyper_grid(h, lam=lam, gam=gam)
+    e_grid = 8 if quick else 128
+    rows.append(_jax_row(w, hg, e_grid, steps, n_dev, exact, 1, "jax_exact_beta", grid=list(gsz)))
+    print(json.dumps(rows[-1]), flush=True)
+    rows.append(_jax_row(w, h, e_list[-1], steps, n_dev, {"sampler": "gaussian"}, 1,
+                         "jax_gaussian_approx (not exact)"))
+    print(json.dumps(rows[-1]), flush=True)
+
+    # NumPy per-step loop (fewer episodes; decisions/s extrapolates per decision)
+    rng = np.random.default_rng(0)
+    n_loop = 1 if quick else 3
+    t = time.perf_counter()
+    for _ in range(n_loop):
+        order = rng.permutation(np.tile(np.arange(w.quality.shape[0]), -(-steps // w.quality.shape[0])))[:steps]
+        run_reference("thompson", w, h, order, rng=rng)
+    dt = time.perf_counter() - t
+    rows.append(dict(impl="numpy_loop", episodes=n_loop, grid=None, steps=steps, devices=1,
+                     decisions=n_loop * steps, seconds=dt, decisions_per_s=n_loop * steps / dt, compile_s=0.0,
+                     peak_rss_mb=_rss_mb(), note="per-step Python loop, Generator.beta; extrapolated per decision"))
+    print(json.dumps(rows[-1]), flush=True)
+
+    e_vec = 64 if quick else 1024
+    t = time.perf_counter()
+    thompson_vectorized(w, h, e_vec, steps, seed=0)
+    dt = time.perf_counter() - t
+    rows.append(dict(impl="numpy_vectorized", episodes=e_vec, grid=None, steps=steps, devices=1,
+                     decisions=e_vec * steps, seconds=dt, decisions_per_s=e_vec * steps / dt, compile_s=0.0,
+                     peak_rss_mb=_rss_mb(), note="vectorized over episodes, exact Generator.beta"))
+    print(json.dumps(rows[-1]), flush=True)
+
+    try:
+        from mabwiser.mab import MAB, LearningPolicy
+    except ImportError:
+        mab = None
+    else:
+        mab = MAB(arms=list(range(k)), learning_policy=LearningPolicy.ThompsonSampling(), seed=0)
+    if mab is not None:
+        n_mab = 100 if quick else 500
+        qi = rng.integers(0, w.quality.shape[0], n_mab)
+        mab.fit([0, 1], [0, 1])
+        t = time.perf_counter()
+        for i in range(n_mab):
+            a = mab.predict()
+            mab.partial_fit([a], [float(w.quality[qi[i], a] >= 0.5)])
+        dt = time.perf_counter() - t
+        rows.append(dict(impl="mabwiser_thompson", episodes=1, grid=None, steps=n_mab, devices=1,
+                         decisions=n_mab, seconds=dt, decisions_per_s=n_mab / dt, compile_s=0.0,
+                         peak_rss_mb=_rss_mb(), note="plain Bernoulli TS (no utility), predict/partial_fit per step"))
+        print(json.dumps(rows[-1]), flush=True)
+
+    def best(impl, episodes=None, grid=False):
+        c = [r["decisions_per_s"] for r in rows if r["impl"] == impl and (episodes is None or r["episodes"] == episodes)
+             and ((r["grid"] is not None) == grid)]
+        return max(c) if c else float("nan")
+
+    jax_vec = best("jax_exact_beta", e_vec)
+    jax_big = best("jax_exact_beta", e_list[-1])
+    res = dict(
+        device=str(jax.devices()[0].device_kind) + f" x{n_dev} ({platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} cores)",
+        jax_version=jax.__version__, numpy_version=np.__version__, dtype="float32",
+        shapes=dict(N=int(w.quality.shape[0]), K=k, T=steps, world="routerbench test split"),
+        threefry_partitionable=False, quick=quick, rows=rows,
+        ratios=dict(jax_over_numpy_vectorized=jax_vec / best("numpy_vectorized"),
+                    jax_over_numpy_loop=jax_big / best("numpy_loop"),
+                    basis=f"JAX exact-Beta at E={e_vec} (best device count) vs NumPy vectorized at E={e_vec}; "
+                          f"JAX at E={e_list[-1]} vs the NumPy per-step loop"),
+    )
+    _atomic_write(out / "bench.json", json.dumps(res, indent=2))
+    lines = [f"# Routing-kernel throughput ({res['device']}, jax {res['jax_version']}, float32, "
+             f"K={k}, T={steps})", "", "Made by `bandit-sim bench --out DIR" + (" --quick" if quick else "") + "`.", "",
+             "| impl | episodes | grid | devices | decisions/s | compile s | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = "x".join(map(str, r["grid"])) if r["grid"] else "-"
+        lines.append(f"| {r['impl']} | {r['episodes']} | {g} | {r['devices']} | {r['decisions_per_s']:.3g} | "
+                     f"{r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", f"jax / numpy vectorized: {res['ratios']['jax_over_numpy_vectorized']:.2f}; "
+              f"jax / numpy loop: {res['ratios']['jax_over_numpy_loop']:.1f} ({res['ratios']['basis']})."]
+    _atomic_write(out / "bench.md", "\n".join(lines) + "\n")
+    return res
+
+
+def run_bench(out: Path, quick: bool = False, host_devices: int | None = None) -> dict:
+    """Run the benchmark (re-executing with N host devices when needed) and write bench.json/bench.md.
+
+    Args:
+      out: output folder.
+      quick: tiny sizes for CI smoke.
+      host_devices: CPU devices to expose (default min(2, cores)).
+    Returns:
+      the bench.json content as a dict.
+    """
+    out = Path(out)
+    want = host_devices or min(2, os.cpu_count() or 1)
+    flag = "--xla_force_host_platform_device_count"
+    if want > 1 and flag not in os.environ.get("XLA_FLAGS", "") and os.environ.get("_BANDIT_BENCH_CHILD") != "1":
+        env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + f" {flag}={want}").strip(),
+               "_BANDIT_BENCH_CHILD": "1"}
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        cmd = [sys.executable, "-m", "bandit_sim.bench", "--out", str(out)] + (["--quick"] if quick else [])
+        subprocess.run(cmd, env=env, check=True)
+        return json.loads((out / "bench.json").read_text())
+    return _bench(out, quick)
+
+
+def _cmd(args) -> int:
+    res = run_bench(Path(args.out), quick=args.quick)
+    r = res["ratios"]
+    print(f"wrote {Path(args.out) / 'bench.json'}: jax/numpy-vectorized {r['jax_over_numpy_vectorized']:.2f}, "
+          f"jax/numpy-loop {r['jax_over_numpy_loop']:.1f}")
+    return 0
+
+
+def add_bench_subparser(subparsers) -> None:
+    """Register `bandit-sim bench` on an argparse subparsers object."""
+    b = subparsers.add_parser("bench", help="throughput of the JAX routing kernel vs NumPy and MABWiser")
+    b.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
+    b.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke)")
+    b.set_defaults(func=_cmd)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="python -m bandit_sim.bench")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    os.environ["_BANDIT_BENCH_CHILD"] = "1"
+    _bench(Path(a.out), a.quick)

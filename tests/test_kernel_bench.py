@@ -1,0 +1,20 @@
+"""Smoke test of the throughput benchmark (quick mode, tiny sizes, writes to tmp_path)."""
+
+import json
+
+import pytest
+
+from bandit_sim.bench import run_bench
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path):
+    res = run_bench(tmp_path, quick=True, host_devices=1)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["rows"] == res["rows"]
+    impls = {r["impl"] for r in data["rows"]}
+    assert {"jax_exact_beta", "numpy_loop", "numpy_vectorized"} <= impls
+    for r in data["rows"]:
+        assert r["decisions_per_s"] > 0 and r["compile_s"] >= 0 and r["peak_rss_mb"] > 0
+    assert data["ratios"]["jax_over_numpy_vectorized"] > 0
+    assert (tmp_path / "bench.md").read_text().startswith("# Routing-kernel throughput")
