@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-__all__ = ["FAMILIES", "PRICES", "Price", "UnknownModelError", "family_of", "price_of", "price_table"]
+__all__ = ["FAMILIES", "PRICES", "Price", "UnknownModelError", "family_of", "infer_prices", "price_of", "price_table"]
 
 
 class Price(NamedTuple):
@@ -246,3 +246,32 @@ def price_table(models) -> list[dict]:
         rows.append({"model": m, "family": family_of(m), "input_per_m": p.input_per_m,
                      "output_per_m": p.output_per_m, "source": p.source})
     return rows
+
+
+def infer_prices(models, input_tokens, output_tokens, cost_usd) -> tuple[float, float]:
+    """Per-token prices of one model recovered from its observed calls: non-negative least squares of
+    cost = input_tokens * p_in + output_tokens * p_out (how RouterBench's prices were found).
+
+    Args:
+      models: unused label for messages (the model name).
+      input_tokens, output_tokens, cost_usd: (n,) observed calls of that model.
+    Returns:
+      (usd_per_input_token, usd_per_output_token).
+    Raises:
+      UnknownModelError: when there are no calls or they do not determine a positive price.
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    x = np.column_stack([np.asarray(input_tokens, float), np.asarray(output_tokens, float)])
+    y = np.asarray(cost_usd, float)
+    ok = np.isfinite(x).all(1) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(y) == 0 or not (x.sum(0) > 0).any():
+        raise UnknownModelError(f"no price for model {models!r} and no calls with tokens and cost to infer it from")
+    scale = np.maximum(x.max(0), 1.0)
+    coef, _ = nnls(x / scale, y)
+    coef = coef / scale
+    if not coef.sum() > 0:
+        raise UnknownModelError(f"no price for model {models!r}: its observed costs are all zero")
+    return float(coef[0]), float(coef[1])

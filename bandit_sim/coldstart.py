@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import metrics as M
 from .compare import family_prior_from_train
 from .experiments import run_policy
-from .loaders import load_data
+from .loaders import RoutingData, load_data
 from .pipeline import write_text_atomic
 from .report import command_line, md_table, savefig, short_name, write_json
 from .stats import bootstrap_ci, paired_test
@@ -93,7 +93,8 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rd = load_data(data, seed=seed)
+    rd = data if isinstance(data, RoutingData) else load_data(data, seed=seed)
+    data = rd.name
     if not rd.has_quality:
         raise ValueError(f"dataset {data!r} has no quality signal; cold start needs routing quality")
     newcomers = _newcomers(rd)

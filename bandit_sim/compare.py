@@ -134,6 +134,7 @@ def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, to
     out.mkdir(parents=True, exist_ok=True)
     cmd = command_line(argv)
     setup = prepare(data, seed=seed, tokens=tokens, quick=quick)
+    data = setup.data.name
     wv, iv = setup.worlds["val"], setup.infos["val"]
     wt, it = setup.worlds["test"], setup.infos["test"]
     n_test, k = wt.quality.shape

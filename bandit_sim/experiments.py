@@ -65,12 +65,12 @@ def _token_predictions(rd: RoutingData, splits, seed: int, method: str, quick: b
     return predict_for_splits(rd, splits, seed=seed, quick=quick)
 
 
-def prepare(data: str, *, seed: int = 0, tokens: str = "hierarchical", quick: bool = False,
+def prepare(data: str | RoutingData, *, seed: int = 0, tokens: str = "hierarchical", quick: bool = False,
             splits=("val", "test"), arrival: dict[str, int] | None = None) -> Setup:
     """Load data, fit the token model on train and build the val/test Worlds.
 
     Args:
-      data: dataset name or path (must have a quality signal).
+      data: dataset name or path, or a loaded RoutingData (must have a quality signal).
       seed: seed of the token-model fit.
       tokens: "hierarchical" (the NumPyro token model) or "standin" (per-model train medians).
       quick: fewer SVI steps (smoke tests).
@@ -79,7 +79,7 @@ def prepare(data: str, *, seed: int = 0, tokens: str = "hierarchical", quick: bo
     Returns:
       Setup.
     """
-    rd = load_data(data, seed=seed)
+    rd = data if isinstance(data, RoutingData) else load_data(data, seed=seed)
     if not rd.has_quality:
         raise ValueError(f"dataset {data!r} has no quality signal ({rd.quality_kind}); routing needs quality "
                          f"(use it with `bandit-sim tokens`)")

@@ -107,7 +107,7 @@ def run_sweep(data: str, out: Path, lams: np.ndarray, gams: np.ndarray, *, episo
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {"data": data, "lams": lams.tolist(), "gams": gams.tolist(), "episodes": int(episodes), "seed": int(seed),
+    cfg = {"data": getattr(data, "name", data), "lams": lams.tolist(), "gams": gams.tolist(), "episodes": int(episodes), "seed": int(seed),
            "tokens": tokens, "chunk_cells": int(chunk_cells), "policy": policy, "quick": bool(quick)}
     ckpt = out / "checkpoint.npz"
     setup = prepare(data, seed=seed, tokens=tokens, quick=quick, splits=("test",))

@@ -131,8 +131,8 @@ def world_from_table(table, split: str | None = "test",
     n, k = len(prompt_ids), len(models)
     qi = {p: i for i, p in enumerate(prompt_ids)}
     mi = {m: j for j, m in enumerate(models)}
-    rows = t["prompt_id"].map(qi).to_numpy()
-    cols = t["model"].map(mi).to_numpy()
+    rows = t["prompt_id"].astype(str).map(qi).to_numpy(np.int64)  # categorical columns map to categoricals
+    cols = t["model"].astype(str).map(mi).to_numpy(np.int64)
 
     def grid(col, fill=0.0):
         a = np.full((n, k), fill, np.float64)
@@ -147,9 +147,17 @@ def world_from_table(table, split: str | None = "test",
     if np.isnan(quality[mask]).any():
         raise ValueError("world_from_table: quality has NaN (this dataset has no quality signal)")
 
-    from .catalog import price_of
+    from .catalog import UnknownModelError, infer_prices, price_of
 
-    prices = np.array([price_of(m) for m in models], np.float64)  # (K, 2)
+    price_rows, inferred = [], []
+    for m in models:  # the price table first; a model it does not know is priced from its own observed calls
+        try:
+            price_rows.append(price_of(m))
+        except UnknownModelError:
+            c = table[table["model"] == m]
+            price_rows.append(infer_prices(m, c["input_tokens"], c["output_tokens"], c["cost_usd"]))
+            inferred.append(m)
+    prices = np.array(price_rows, np.float64)  # (K, 2)
     per_prompt = t.groupby("prompt_id", sort=False).agg(input_tokens=("input_tokens", "max"),
                                                         prompt=("prompt", "first"),
                                                         category=("category", "first"))
@@ -157,6 +165,9 @@ def world_from_table(table, split: str | None = "test",
     in_tok = per_prompt["input_tokens"].to_numpy(np.float64)
 
     notes = []
+    if inferred:
+        notes.append(f"prices of {', '.join(inferred)}: not in the price table, inferred from their observed costs "
+                     f"(non-negative least squares on input/output tokens)")
     if pred is None:
         train = table[(table["split"] == "train") & table["model"].isin(models)]
         src = "train split"
