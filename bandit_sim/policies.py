@@ -58,8 +58,8 @@ class Hyper(NamedTuple):
 
     lam: jax.Array  # () float32 cost weight
     gam: jax.Array  # () float32 uncertainty weight
-    prior_alpha: jax.Array  # (K,) float32 Beta prior alpha per arm
-    prior_beta: jax.Array  # (K,) float32 Beta prior beta per arm
+    prior_alpha: jax.Array  # (K,) float32 Beta prior alpha per arm, or (C, K) per category (contextual)
+    prior_beta: jax.Array  # (K,) float32 Beta prior beta per arm, or (C, K) per category (contextual)
     explore_decay: jax.Array  # () float32 Thompson eps_t = max(min_explore, explore_decay**t)
     min_explore: jax.Array  # () float32
     epsilon: jax.Array  # () float32 epsilon-greedy rate
@@ -87,8 +87,8 @@ def default_hyper(k: int, threshold: float = 0.0, **overrides) -> Hyper:
     out = Hyper(**{n: jnp.asarray(v, jnp.float32) for n, v in vals.items()})
     for n in ("prior_alpha", "prior_beta"):
         a = getattr(out, n)
-        if a.shape != (k,):
-            raise ValueError(f"default_hyper: {n} must have shape ({k},), got {a.shape}")
+        if a.ndim not in (1, 2) or a.shape[-1] != k:
+            raise ValueError(f"default_hyper: {n} must have shape ({k},) or (categories, {k}), got {a.shape}")
         if not bool(jnp.all(a > 0)):
             raise ValueError(f"default_hyper: {n} must be > 0")
     return out
@@ -119,8 +119,8 @@ class BetaState(NamedTuple):
     n: jax.Array  # (C, K) int32 pulls (C = 1 unless contextual)
     s: jax.Array  # (C, K) float32 reward sum
     s_comp: jax.Array  # (C, K) float32 Kahan compensation of s
-    prior_a: jax.Array  # (K,) float32 prior alpha (family transfer applied at arrival)
-    prior_b: jax.Array  # (K,) float32 prior beta
+    prior_a: jax.Array  # (C, K) float32 prior alpha (family transfer applied at arrival)
+    prior_b: jax.Array  # (C, K) float32 prior beta
 
 
 def kahan_add(s, comp, x):
@@ -160,7 +160,8 @@ def _beta_init(hyper: Hyper, n_rows: int):
 
     def init():
         z = jnp.zeros((n_rows, k), jnp.float32)
-        return BetaState(jnp.zeros((n_rows, k), jnp.int32), z, z, hyper.prior_alpha, hyper.prior_beta)
+        pa, pb = (jnp.broadcast_to(p, (n_rows, k)).astype(jnp.float32) for p in (hyper.prior_alpha, hyper.prior_beta))
+        return BetaState(jnp.zeros((n_rows, k), jnp.int32), z, z, pa, pb)
 
     return init
 
@@ -207,11 +208,14 @@ def _take(x, i):
 def _alpha_beta(state: BetaState, row):
     if state.n.shape[0] == 1:
         n, s = state.n[0].astype(jnp.float32), state.s[0]
+        pa, pb = state.prior_a[0], state.prior_b[0]
     else:
         hot = _onehot(row, state.n.shape[0])[:, None]
         n = jnp.sum(jnp.where(hot, state.n, 0), 0).astype(jnp.float32)
         s = jnp.sum(jnp.where(hot, state.s, 0.0), 0)
-    return state.prior_a + s, state.prior_b + jnp.maximum(n - s, 0.0)
+        pa = jnp.sum(jnp.where(hot, state.prior_a, 0.0), 0)
+        pb = jnp.sum(jnp.where(hot, state.prior_b, 0.0), 0)
+    return pa + s, pb + jnp.maximum(n - s, 0.0)
 
 
 class TSNoise(NamedTuple):

@@ -79,7 +79,10 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
     n = np.zeros((rows, k), np.int64)
     s = np.zeros((rows, k), F)
     sc = np.zeros((rows, k), F)
-    prior_a, prior_b = h["prior_alpha"].copy(), h["prior_beta"].copy()
+    # priors per posterior row: (K,) broadcast to every category, or (C, K) per category
+    prior_a0 = np.broadcast_to(h["prior_alpha"], (rows, k)).astype(F)
+    prior_b0 = np.broadcast_to(h["prior_beta"], (rows, k)).astype(F)
+    prior_a, prior_b = prior_a0.copy(), prior_b0.copy()
     sums = np.zeros(4, F)
     comp = np.zeros(4, F)
     choices = np.zeros(k, np.int64)
@@ -104,7 +107,7 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
 
         def alpha_beta():
             nn = n[row].astype(F)
-            return (prior_a + s[row]).astype(F), (prior_b + np.maximum(nn - s[row], F(0))).astype(F)
+            return (prior_a[row] + s[row]).astype(F), (prior_b[row] + np.maximum(nn - s[row], F(0))).astype(F)
 
         # select
         if policy in ("thompson", "contextual_thompson"):
@@ -176,8 +179,8 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
                     if n_f > 0:
                         mm = F(s_f / max(n_f, F(1)))
                         n_eff = min(h["family_strength"], n_f)
-                        prior_a[i] = h["prior_alpha"][i] + mm * n_eff
-                        prior_b[i] = h["prior_beta"][i] + (F(1) - mm) * n_eff
+                        prior_a[:, i] = prior_a0[:, i] + mm * n_eff
+                        prior_b[:, i] = prior_b0[:, i] + (F(1) - mm) * n_eff
         for j, x in enumerate((r, q, cost[arm], inst)):
             sums[j], comp[j] = _kahan(sums[j], comp[j], x)
         choices[arm] += 1

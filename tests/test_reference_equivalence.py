@@ -57,6 +57,14 @@ def test_kernel_matches_reference(world, policy, opts):
     _check(world, _hyper(world), policy, opts)
 
 
+def test_contextual_per_category_priors_match(world):
+    # (C, K) priors: one Beta prior per (category, arm), e.g. warm-started from a training split
+    rng = np.random.default_rng(0)
+    h = _hyper(world)._replace(prior_alpha=rng.uniform(0.5, 30, (3, K)).astype(np.float32),
+                               prior_beta=rng.uniform(0.5, 30, (3, K)).astype(np.float32))
+    _check(world, h, "contextual_thompson", {"n_categories": 3})
+
+
 @pytest.mark.slow
 def test_bernoulli_rewards_match(world):
     _, tr = _check(world, _hyper(world), "thompson", {}, reward="bernoulli")
@@ -71,10 +79,10 @@ def test_family_prior_changes_arrival_prior(world):
     ref = run_reference("simple_utility", world, h, np.asarray(tr.query[0]), draws=jax.tree.map(
         lambda x: np.asarray(x)[0], tr.draws))
     st = ref["state"]
-    assert st["prior_a"][3] != h.prior_alpha[3] or st["prior_b"][3] != h.prior_beta[3]
+    assert st["prior_a"][0, 3] != h.prior_alpha[3] or st["prior_b"][0, 3] != h.prior_beta[3]
     ref0 = run_reference("simple_utility", world, h._replace(family_strength=np.float32(0)),
                          np.asarray(tr.query[0]), draws=jax.tree.map(lambda x: np.asarray(x)[0], tr.draws))
-    np.testing.assert_array_equal(ref0["state"]["prior_a"], h.prior_alpha)
+    np.testing.assert_array_equal(ref0["state"]["prior_a"][0], h.prior_alpha)
 
 
 def test_numpy_vectorized_thompson_is_sane(world):
