@@ -37,7 +37,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 from .policies import Context, Hyper, kahan_add, make_policy
 from .world import World
 
-__all__ = ["Metrics", "Trajectory", "simulate", "lower_simulate", "hyper_grid", "TRACE_COUNT"]
+__all__ = ["Metrics", "Trajectory", "simulate", "lower_simulate", "hyper_grid", "TRACE_COUNT",
+           "EpisodeKeys", "episode_keys", "episode_order", "chunk_length"]
 
 TRACE_COUNT = {"simulate": 0}  # incremented each time the kernel is traced (recompilation test)
 
@@ -92,14 +93,64 @@ def hyper_grid(base: Hyper, **axes) -> Hyper:
     return Hyper(**out)
 
 
+class EpisodeKeys(NamedTuple):
+    """The keys of one episode, named by purpose (the router reuses them to replay an episode)."""
+
+    order: jax.Array  # query order (`episode_order`)
+    noise: jax.Array  # policy noise of chunk c: pol.noise(fold_in(noise, c), chunk)
+    fallback: jax.Array  # exact Beta sampler's fallback key (folded with the step index)
+    reward: jax.Array  # Bernoulli reward uniforms of chunk c: fold_in(reward, c)
+
+
+def episode_keys(key: jax.Array, episodes: int = 1, episode: int = 0) -> EpisodeKeys:
+    """The keys episode `episode` of `simulate(world, key, ..., episodes=episodes)` uses.
+
+    Call under ``jax.threefry_partitionable(False)`` (simulate's default) to get the same keys.
+
+    Args:
+      key: the key given to `simulate`.
+      episodes: E given to `simulate`.
+      episode: e in [0, E).
+    Returns:
+      EpisodeKeys.
+    """
+    return EpisodeKeys(*jax.random.split(jax.random.split(key, episodes)[episode], 4))
+
+
+def episode_order(k_order: jax.Array, n_queries: int, steps: int) -> jax.Array:
+    """Query order of an episode: concatenated random permutations of the N queries, cut to T steps.
+
+    Args:
+      k_order: EpisodeKeys.order.
+      n_queries: N (static). steps: T (static).
+    Returns:
+      (T,) int32 world rows.
+    """
+    n_perm = math.ceil(steps / n_queries)
+    order = jax.vmap(lambda kk: jax.random.permutation(kk, n_queries))(jax.random.split(k_order, n_perm))
+    return order.reshape(-1)[:steps].astype(jnp.int32)
+
+
+def chunk_length(steps: int, chunk: int) -> int:
+    """The chunk length `simulate` uses for T steps when asked for `chunk` (a divisor of T when one is close).
+
+    Args:
+      steps: T. chunk: requested chunk.
+    Returns:
+      int, the effective chunk (per-step noise of step t is row t % chunk of chunk t // chunk).
+    """
+    chunk = min(int(chunk), int(steps))
+    # prefer a chunk that divides T: a remainder chunk would duplicate the step body (compile time)
+    div = max(d for d in range(1, chunk + 1) if steps % d == 0)
+    return div if 2 * div >= chunk else chunk
+
+
 def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options, steps, chunk,
              reward_mode, trajectories, conv_window):
     pol = make_policy(policy, hyper, world, options)
     n_q, k = world.quality.shape
     k_order, k_noise, k_fb, k_rew = jax.random.split(key, 4)
-    n_perm = math.ceil(steps / n_q)
-    order = jax.vmap(lambda kk: jax.random.permutation(kk, n_q))(jax.random.split(k_order, n_perm))
-    order = order.reshape(-1)[:steps].astype(jnp.int32)
+    order = episode_order(k_order, n_q, steps)
     m = world.mask.astype(jnp.float32)
     qbar = jnp.sum(world.quality * m, 0) / jnp.maximum(jnp.sum(m, 0), 1.0)
 
@@ -210,11 +261,7 @@ def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajecto
         raise ValueError(f"simulate: devices={devices} but {n_local} local devices")
     if episodes % n_dev:
         n_dev = math.gcd(episodes, n_dev)
-    chunk = min(int(chunk), int(steps))
-    # prefer a chunk that divides T: a remainder chunk would duplicate the step body (compile time)
-    div = max(d for d in range(1, chunk + 1) if steps % d == 0)
-    if 2 * div >= chunk:
-        chunk = div
+    chunk = chunk_length(steps, chunk)
     world = World(*(jnp.asarray(a) for a in world))
     args = (world, key, hyper, jnp.float32(conv_threshold))
     static = dict(policy=policy, options=tuple(sorted(dict(options).items())), episodes=int(episodes),
