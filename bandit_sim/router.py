@@ -115,8 +115,8 @@ def _route_jit(hyper: Hyper, family, prices, pstate: BetaState, k_noise, k_fb, t
         if hasattr(draws, "pi"):
             pi = draws.pi
         else:  # posterior-mean policies
-            a = pstate.prior_a + pstate.s[0]
-            b = pstate.prior_b + jnp.maximum(pstate.n[0].astype(jnp.float32) - pstate.s[0], 0.0)
+            a = pstate.prior_a[0] + pstate.s[0]
+            b = pstate.prior_b[0] + jnp.maximum(pstate.n[0].astype(jnp.float32) - pstate.s[0], 0.0)
             pi = a / (a + b)
         u = jnp.where(avail, pi - hyper.lam * pc - hyper.gam * pu, -jnp.inf)
         return arm, pi, u
@@ -208,7 +208,8 @@ class Router:
         self.stats = np.zeros((cap, 5), np.float64)
         self.totals = np.zeros(3, np.float64)  # observed: count, quality sum, cost USD sum
         self.pstate = BetaState(jnp.zeros((1, cap), jnp.int32), jnp.zeros((1, cap), jnp.float32),
-                                jnp.zeros((1, cap), jnp.float32), self.hyper.prior_alpha, self.hyper.prior_beta)
+                                jnp.zeros((1, cap), jnp.float32), self.hyper.prior_alpha[None, :],
+                                self.hyper.prior_beta[None, :])  # policies.BetaState: priors (1, C)
         families = families or {}
         prices = prices or {}
         priors = priors or {}
@@ -280,7 +281,7 @@ class Router:
         self.hyper = self.hyper._replace(prior_alpha=self.hyper.prior_alpha.at[i].set(a),
                                          prior_beta=self.hyper.prior_beta.at[i].set(b))
         self.pstate = BetaState(st.n.at[:, i].set(0), st.s.at[:, i].set(0.0), st.s_comp.at[:, i].set(0.0),
-                                st.prior_a.at[i].set(a), st.prior_b.at[i].set(b))
+                                st.prior_a.at[:, i].set(a), st.prior_b.at[:, i].set(b))
         return i
 
     # ------------------------------------------------------------ introspection
@@ -296,8 +297,8 @@ class Router:
 
     def posterior(self) -> dict[str, tuple[float, float]]:
         """Current Beta(alpha, beta) of every model's quality."""
-        a = np.asarray(self.pstate.prior_a + self.pstate.s[0], np.float64)
-        b = np.asarray(self.pstate.prior_b + jnp.maximum(self.pstate.n[0].astype(jnp.float32) - self.pstate.s[0], 0.0),
+        a = np.asarray(self.pstate.prior_a[0] + self.pstate.s[0], np.float64)
+        b = np.asarray(self.pstate.prior_b[0] + jnp.maximum(self.pstate.n[0].astype(jnp.float32) - self.pstate.s[0], 0.0),
                        np.float64)
         return {m: (float(a[i]), float(b[i])) for i, m in enumerate(self.slots) if m is not None}
 

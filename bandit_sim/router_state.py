@@ -3,7 +3,7 @@
 Layout (format "bandit-sim-router", VERSION 1):
 
 - arrays: ``state/n`` (1, C) int32 pulls, ``state/s`` and ``state/s_comp`` (1, C) float32 success sums,
-  ``state/prior_a``, ``state/prior_b`` (C,), ``hyper/<field>`` (the policy's Hyper), ``family`` (C,) int32,
+  ``state/prior_a``, ``state/prior_b`` (1, C), ``hyper/<field>`` (the policy's Hyper), ``family`` (C,) int32,
   ``prices`` (C, 2) float64 USD per token, ``stats`` (C, 5) float64 per-slot counters, ``totals`` (3,),
   ``key/noise`` and ``key/fallback`` (PRNG key data, uint32), ``tokens/<name>`` (the token forecaster's arrays:
   posterior draws and standardiser, or the stand-in's statistics);
@@ -166,7 +166,8 @@ def _restore(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, path):
     cap = int(meta["capacity"])
     _need(arrays, ["state/n", "state/s", "state/s_comp", "state/prior_a", "state/prior_b", "family", "prices",
                    "stats", "totals", "key/noise", "key/fallback"] + [f"hyper/{f}" for f in Hyper._fields], path)
-    shapes = {"state/n": (1, cap), "state/s": (1, cap), "family": (cap,), "prices": (cap, 2), "stats": (cap, 5),
+    shapes = {"state/n": (1, cap), "state/s": (1, cap), "state/s_comp": (1, cap), "state/prior_a": (1, cap),
+              "state/prior_b": (1, cap), "family": (cap,), "prices": (cap, 2), "stats": (cap, 5),
               "totals": (3,)}
     for k, shp in shapes.items():
         if arrays[k].shape != shp:
@@ -248,8 +249,8 @@ def _migrate_v0(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, pat
     stats[:k, 0] = stats[:k, 1] = n
     stats[:k, 2] = s
     new = {"state/n": pad(n.astype(np.int32))[None], "state/s": pad(s.astype(np.float32))[None],
-           "state/s_comp": np.zeros((1, cap), np.float32), "state/prior_a": pad(pa, 1.0).astype(np.float32),
-           "state/prior_b": pad(pb, 1.0).astype(np.float32),
+           "state/s_comp": np.zeros((1, cap), np.float32), "state/prior_a": pad(pa, 1.0).astype(np.float32)[None],
+           "state/prior_b": pad(pb, 1.0).astype(np.float32)[None],
            "family": pad(np.array([fam_names.index(f) for f in meta["families"]], np.int32), -1),
            "prices": pad(arrays["prices"].astype(np.float64)), "stats": stats,
            "totals": np.array([n.sum(), s.sum(), 0.0]),  # v0 kept no cost: the cost total restarts at 0
