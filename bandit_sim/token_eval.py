@@ -27,11 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hierarchical import FitConfig, fit_svi, predict, query_features
-from hierarchical.baselines import BayesianRidgePerModel, GlobalMedian, PerModelMedian, PooledRidge
-from hierarchical.evaluate import arviz_summary, paired_test, score
-from hierarchical.predictive import DEFAULT_PROBS
-from hierarchical.update import add_new_model
+# jax / numpyro / sklearn are imported inside the functions: `bandit-sim` builds every subparser at start-up
 
 __all__ = ["run_token_eval", "add_tokens_subparser", "PROMPT_METHODS", "MODEL_METHODS", "NEW_MODEL_N"]
 
@@ -53,6 +49,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _prepare(table: pd.DataFrame):
+    from hierarchical import query_features
+
     need = {"prompt_id", "prompt", "model", "family", "output_tokens"}
     missing = need - set(table.columns)
     if missing:
@@ -87,10 +85,19 @@ def _pick_heldout(models, fam_of, rows, n_prompts, rng):
 
 
 def _score_baseline(pred, y):
+    from hierarchical.evaluate import score
+
     return score(y, pred.point, pred.quantiles, pred.samples)
 
 
 def _one_seed(seed, feats, models, families, fam_of, rows, cfg, test_frac, progress):
+    import jax
+
+    from hierarchical import fit_svi, predict
+    from hierarchical.baselines import BayesianRidgePerModel, GlobalMedian, PerModelMedian, PooledRidge
+    from hierarchical.evaluate import score
+    from hierarchical.update import add_new_model
+
     rng = np.random.default_rng(seed)
     n_prompts = feats.shape[0]
     test_prompts = rng.permutation(n_prompts)[: int(round(test_frac * n_prompts))]
@@ -116,8 +123,6 @@ def _one_seed(seed, feats, models, families, fam_of, rows, cfg, test_frac, progr
     # held-out prompts
     te = is_test & ~is_held
     x_te, m_te, y_te = x_all[te], remap[rows["model"][te]], y_all[te]
-    import jax
-
     t1 = time.perf_counter()
     pr = predict(post, x_te, m_te, key=jax.random.key(seed), y_true=y_te)
     t_pred = time.perf_counter() - t1
@@ -208,6 +213,10 @@ def _fmt(v, nd=3):
     return "null" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _fmt_p(p):
+    return "null" if p is None else f"{p:.2g}"
+
+
 def _plots(out: Path, per_seed, families):
     import matplotlib
 
@@ -292,6 +301,9 @@ def run_token_eval(
     Returns:
       The metrics dict written to metrics.json.
     """
+    from hierarchical import FitConfig
+    from hierarchical.evaluate import arviz_summary, paired_test
+
     if not seeds:
         raise ValueError("token eval: give at least one seed")
     t_start = time.perf_counter()
@@ -382,10 +394,10 @@ def _report(m, command, summary, post) -> str:
     pt = hm["paired_test"]
     L += [f"Family prior vs global prior, paired over {pt['n_pairs']} (model, seed) pairs: mean MAE difference "
           f"{_fmt(pt['mean_diff'], 1)} tokens, family prior better for {_fmt(pt['share_a_better'])} of models, "
-          f"{pt['test']} p = {_fmt(pt['p_value'], 4)}.", "",
+          f"{pt['test']} p = {_fmt_p(pt['p_value'])}.", "",
           "Per-seed held-out models: " + "; ".join(
               f"seed {r['seed']}: {', '.join(r['heldout_model_names'])} (p = "
-              f"{_fmt(r['heldout_models']['paired_test']['p_value'], 4)})" for r in m["per_seed"]), ""]
+              f"{_fmt_p(r['heldout_models']['paired_test']['p_value'])})" for r in m["per_seed"]), ""]
     L += ["## New model after n observations (MAE on its test prompts, mean over held-out models)", "",
           _md_table(["n", "mean", *[f"seed {s}" for s in seeds]],
                     [[n, _fmt(m["new_model_after_n"][n], 1),
