@@ -99,16 +99,22 @@ def _ctx(t, avail, pred_cost, pred_unc):
 
 
 @partial(jax.jit, static_argnames=("policy", "options", "chunk"))
-def _route_jit(hyper: Hyper, family, prices, pstate: BetaState, k_noise, k_fb, t, avail, pred_cost, pred_unc, *,
+def _route_jit(hyper: Hyper, family, prices, pstate: BetaState, k_noise, k_fb, t0, avail, pred_cost, pred_unc, *,
                policy: str, options: tuple, chunk: int):
-    """Steps t (B,) from one posterior: arms (B,), pi (B, C), utilities (B, C)."""
+    """Steps t0 .. t0 + B - 1 from one posterior: arms (B,), pi (B, C), utilities (B, C)."""
     TRACE_COUNT["route"] += 1
     pol = make_policy(policy, hyper, _policy_world(family, prices), options)
+    b = pred_cost.shape[0]
+    # the kernel's noise: step t is row t % chunk of pol.noise(fold_in(k_noise, t // chunk), chunk); draw each
+    # chunk the batch touches once (B consecutive steps span at most n_ch chunks)
+    n_ch = (chunk - 1 + b - 1) // chunk + 1
+    cs = t0 // chunk + jnp.arange(n_ch, dtype=jnp.int32)
+    nz = jax.vmap(lambda c: pol.noise(jax.random.fold_in(k_noise, c), chunk))(cs)
+    nz = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x.reshape(n_ch * chunk, *x.shape[2:]), t0 % chunk, b, 0),
+                      nz)
+    ts = t0 + jnp.arange(b, dtype=jnp.int32)
 
-    def one(t, pc, pu):
-        # the kernel's noise for step t: row t % chunk of chunk t // chunk
-        nz = pol.noise(jax.random.fold_in(k_noise, t // chunk), chunk)
-        nz_t = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t % chunk, 0, keepdims=False), nz)
+    def one(t, nz_t, pc, pu):
         ctx = _ctx(t, avail, pc, pu)
         draws = pol.sample(pstate, nz_t, k_fb, ctx)
         arm = pol.choose(pstate, draws, ctx)
@@ -121,7 +127,7 @@ def _route_jit(hyper: Hyper, family, prices, pstate: BetaState, k_noise, k_fb, t
         u = jnp.where(avail, pi - hyper.lam * pc - hyper.gam * pu, -jnp.inf)
         return arm, pi, u
 
-    return jax.vmap(one)(t, pred_cost, pred_unc)
+    return jax.vmap(one)(ts, nz, pred_cost, pred_unc)
 
 
 @partial(jax.jit, static_argnames=("policy", "options"))
@@ -386,9 +392,9 @@ class Router:
         pu[:b, act] = (unc_usd / self.cost_scale).astype(np.float32)
         avail = np.zeros(self.capacity, bool)
         avail[act] = True
-        t = np.arange(self.step, self.step + bp, dtype=np.int32)
         with jax.threefry_partitionable(False):
-            arms, pi, u = _route_jit(self.hyper, *self._dev(), self.pstate, self._k_noise, self._k_fb, t, avail,
+            arms, pi, u = _route_jit(self.hyper, *self._dev(), self.pstate, self._k_noise, self._k_fb,
+                                     np.int32(self.step), avail,
                                      pc, pu, policy=self.policy, options=self.options, chunk=self.chunk)
         arms, pi, u = jax.device_get((arms, pi, u))
         col = {s: j for j, s in enumerate(active)}
