@@ -37,7 +37,9 @@ from .world import World, WorldInfo, world_from_table
 __all__ = ["Setup", "prepare", "run_policy", "select_lambda", "select_models", "LAMBDA_GRID"]
 
 # lambda values tried on the validation split (normalised cost: the premium model's typical cost is 1)
-LAMBDA_GRID = np.array([0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0], np.float32)
+# (large values reach the cheapest models, so AIQ's sweep covers the whole cost range)
+LAMBDA_GRID = np.array([0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+                        10.0, 20.0, 50.0], np.float32)
 
 
 @dataclass

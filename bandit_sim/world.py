@@ -205,7 +205,8 @@ def world_from_table(table, split: str | None = "test",
 
     fam_of_model = t.groupby("model")["family"].first().reindex(models)
     families = tuple(sorted(fam_of_model.unique()))
-    categories = tuple(sorted(per_prompt["category"].astype(str).unique()))
+    # categories of the whole table, so that every split's World indexes them the same way
+    categories = tuple(sorted(table["category"].astype(str).unique()))
     arrival = arrival or {}
     unknown = set(arrival) - set(models)
     if unknown:
