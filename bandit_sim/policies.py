@@ -135,9 +135,20 @@ def _utility(pi, ctx: Context, hyper: Hyper):
     return jnp.where(ctx.avail, u, -jnp.inf)
 
 
+def _argmax(x):
+    """First index of the maximum along the last axis (np.argmax ties), as max + min-index.
+
+    jnp.argmax lowers to a variadic (value, index) reduce that XLA:CPU runs slowly under vmap;
+    two plain reductions fuse with their producers.
+    """
+    m = jnp.max(x, -1, keepdims=True)
+    idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(x == m, idx, x.shape[-1]), -1).clip(0, x.shape[-1] - 1)
+
+
 def _random_arm(g, avail):
     # uniform over available arms given i.i.d. uniforms g: argmax is uniformly distributed
-    return jnp.argmax(jnp.where(avail, g, -1.0)).astype(jnp.int32)
+    return _argmax(jnp.where(avail, g, -1.0))
 
 
 def _no_noise(key, n):
@@ -181,17 +192,23 @@ def _beta_update(hyper: Hyper, world: World, contextual: bool):
                             s_comp=jnp.where(hot, comp, state.s_comp))
         # online family prior for arms arriving at the next step
         arriving = (world.arrival_step == ctx.t + 1) & (ctx.t + 1 > 0)
-        pulls = st.n.sum(0).astype(jnp.float32)  # (K,)
-        succ = st.s.sum(0)
-        arrived = world.arrival_step <= ctx.t
-        w = (same_family & not_self & arrived[None, :]).astype(jnp.float32)  # (K, K) donor weights
-        n_f = w @ pulls
-        s_f = w @ succ
-        m = s_f / jnp.maximum(n_f, 1.0)
-        n_eff = jnp.minimum(hyper.family_strength, n_f)
-        apply = arriving & (n_f > 0) & (hyper.family_strength > 0)
-        return st._replace(prior_a=jnp.where(apply, hyper.prior_alpha + m * n_eff, st.prior_a),
-                           prior_b=jnp.where(apply, hyper.prior_beta + (1.0 - m) * n_eff, st.prior_b))
+
+        def family_prior(st):
+            pulls = st.n.sum(0).astype(jnp.float32)  # (K,)
+            succ = st.s.sum(0)
+            arrived = world.arrival_step <= ctx.t
+            w = (same_family & not_self & arrived[None, :]).astype(jnp.float32)  # (K, K) donor weights
+            n_f = w @ pulls
+            s_f = w @ succ
+            m = s_f / jnp.maximum(n_f, 1.0)
+            n_eff = jnp.minimum(hyper.family_strength, n_f)
+            apply = arriving & (n_f > 0) & (hyper.family_strength > 0)
+            return st._replace(prior_a=jnp.where(apply, hyper.prior_alpha + m * n_eff, st.prior_a),
+                               prior_b=jnp.where(apply, hyper.prior_beta + (1.0 - m) * n_eff, st.prior_b))
+
+        # arrivals are rare and do not depend on the episode (t and the world are shared under vmap),
+        # so a real branch skips the (K, K) product on every other step
+        return jax.lax.cond(jnp.any(arriving), family_prior, lambda st: st, st)
 
     return update
 
@@ -219,9 +236,14 @@ def _alpha_beta(state: BetaState, row):
 
 
 class TSNoise(NamedTuple):
-    beta: Any  # BetaNoise with leading (n, K) (or (n, K) normals for the Gaussian option)
-    u: jax.Array  # (n,) uniform for the exploration coin
-    g: jax.Array  # (n, K) uniforms for the random arm
+    seed: jax.Array  # (n, 2) uint32 per-step seed (Beta proposals beyond the first n_candidates)
+    beta: Any  # sampling.GammaNoise, lead (n,): the first proposals (None for the Gaussian option)
+    u: jax.Array  # (n,) exploration coin
+    g: jax.Array  # (n, K) random-arm uniforms (or, for the Gaussian option, (n, 2K): normals after K)
+
+
+_COIN_STREAM = sampling.BOOST_STREAM + 1  # counter words of the non-Beta uniforms of a Thompson step
+_GAUSS_STREAM = sampling.BOOST_STREAM + 2
 
 
 class TSDraws(NamedTuple):
@@ -253,25 +275,25 @@ def thompson(hyper: Hyper, world: World, *, sampler: str = "exact", n_candidates
     rows = n_categories if contextual else 1
 
     def noise(key, n):
-        kb, ku, kg = jax.random.split(key, 3)
+        # one 64-bit seed per step; its proposals and uniforms are counter-based hashes of it, drawn in
+        # bulk here (fused integer arithmetic, no PRNG loop) and indexed by the step (sampling.py)
+        seeds = sampling.noise_seeds(key, (n,))
+        ug = jax.vmap(lambda sd: sampling.seed_uniforms(sd, (k + 1,), _COIN_STREAM))(seeds)
         if sampler == "exact":
-            b = sampling.beta_noise(kb, (n, k), n_candidates)
-            b = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1) if x.ndim == 3 else x, b)  # step axis first
-        else:
-            b = jax.random.normal(kb, (n, k))
-        return TSNoise(b, jax.random.uniform(ku, (n,)), jax.random.uniform(kg, (n, k)))
+            bn = jax.vmap(lambda sd: sampling.beta_proposals(sd, (k,), n_candidates))(seeds)
+            return TSNoise(seeds, bn, ug[:, 0], ug[:, 1:])
+        z = jax.vmap(lambda sd: sampling.seed_normals(sd, (k,), _GAUSS_STREAM))(seeds)
+        return TSNoise(seeds, None, ug[:, 0], jnp.concatenate([ug[:, 1:], z], -1))
 
     def sample(state: BetaState, nz: TSNoise, key, ctx: Context):
         a, b = _alpha_beta(state, ctx.category if contextual else 0)
         if sampler == "exact":
-            pi = sampling.beta_from_noise(a, b, nz.beta, key, counter=ctx.t)
-        else:
-            pi = sampling.beta_gaussian(nz.beta, a, b)
-        return TSDraws(pi, nz.u, nz.g)
+            return TSDraws(sampling.beta_from_noise(a, b, nz.beta, nz.seed), nz.u, nz.g)
+        return TSDraws(sampling.beta_gaussian(nz.g[k:], a, b), nz.u, nz.g[:k])
 
     def choose(state, d: TSDraws, ctx: Context):
         eps = jnp.maximum(hyper.min_explore, hyper.explore_decay ** ctx.t.astype(jnp.float32))
-        greedy = jnp.argmax(_utility(d.pi, ctx, hyper)).astype(jnp.int32)
+        greedy = _argmax(_utility(d.pi, ctx, hyper))
         return jnp.where(d.u < eps, _random_arm(d.g, ctx.avail), greedy)
 
     return Policy(_beta_init(hyper, rows), noise, sample, choose, _beta_update(hyper, world, contextual))
@@ -299,7 +321,7 @@ def _posterior_mean_policy(hyper: Hyper, world: World, eps_fn) -> Policy:
 
     def choose(state: BetaState, d: EpsDraws, ctx: Context):
         a, b = _alpha_beta(state, 0)
-        greedy = jnp.argmax(_utility(a / (a + b), ctx, hyper)).astype(jnp.int32)
+        greedy = _argmax(_utility(a / (a + b), ctx, hyper))
         return jnp.where(d.u < eps_fn(ctx), _random_arm(d.g, ctx.avail), greedy)
 
     return Policy(_beta_init(hyper, 1), noise, sample, choose, _beta_update(hyper, world, False))
@@ -355,7 +377,7 @@ def ucb1(hyper: Hyper, world: World) -> Policy:
         idx = state.s / jnp.maximum(n, 1.0) + hyper.ucb_c * jnp.sqrt(2.0 * jnp.log(tot) / jnp.maximum(n, 1.0))
         u = _utility(idx, ctx, hyper)
         u = jnp.where((state.n == 0) & ctx.avail, jnp.inf, u)
-        return jnp.argmax(u).astype(jnp.int32)
+        return _argmax(u)
 
     def update(state: UCBState, arm, reward, ctx):
         hot = _onehot(arm, k)
@@ -386,7 +408,7 @@ def _premium_score(world: World):
 
 def _static_choice(score_fn) -> Policy:
     return Policy(_no_state, _no_noise, lambda st, nz, key, ctx: nz,
-                  lambda st, d, ctx: jnp.argmax(jnp.where(ctx.avail, score_fn(ctx), -jnp.inf)).astype(jnp.int32),
+                  lambda st, d, ctx: _argmax(jnp.where(ctx.avail, score_fn(ctx), -jnp.inf)),
                   _keep)
 
 
@@ -461,7 +483,7 @@ def oracle(hyper: Hyper, world: World) -> Policy:
     def choose(st, d, ctx: Context):
         qmax = jnp.max(jnp.where(ctx.avail, ctx.quality, -jnp.inf))
         best = ctx.avail & (ctx.quality == qmax)
-        return jnp.argmax(jnp.where(best, -ctx.cost, -jnp.inf)).astype(jnp.int32)
+        return _argmax(jnp.where(best, -ctx.cost, -jnp.inf))
 
     return Policy(_no_state, _no_noise, lambda st, nz, key, ctx: nz, choose, _keep)
 
