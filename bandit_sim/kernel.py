@@ -127,8 +127,27 @@ def episode_order(k_order: jax.Array, n_queries: int, steps: int) -> jax.Array:
       (T,) int32 world rows.
     """
     n_perm = math.ceil(steps / n_queries)
-    order = jax.vmap(lambda kk: jax.random.permutation(kk, n_queries))(jax.random.split(k_order, n_perm))
+    order = jax.vmap(lambda kk: _permutation(kk, n_queries))(jax.random.split(k_order, n_perm))
     return order.reshape(-1)[:steps].astype(jnp.int32)
+
+
+def _permutation(key: jax.Array, n: int) -> jax.Array:
+    """A uniformly random permutation of range(n), via single-operand sorts of packed uint32 words.
+
+    Each round sorts (random bits << b) | position (b = bits of n - 1) and applies the order: a plain
+    uint32 sort runs ~6x faster on XLA:CPU than jax.random.permutation's key/value sort. Two
+    positions only keep their relative order if their 32 - b random bits tie, and then the other
+    round still shuffles them, as jax.random.permutation does with its rounds.
+    """
+    b = max(1, (n - 1).bit_length())
+    if b > 16:
+        return jax.random.permutation(key, n)
+    mask = jnp.uint32((1 << b) - 1)
+    perm = jnp.arange(n, dtype=jnp.int32)
+    for kr in jax.random.split(key, 2):
+        packed = (jax.random.bits(kr, (n,), jnp.uint32) << jnp.uint32(b)) | jnp.arange(n, dtype=jnp.uint32)
+        perm = perm[(jnp.sort(packed) & mask).astype(jnp.int32)]
+    return perm
 
 
 def chunk_length(steps: int, chunk: int) -> int:
@@ -160,8 +179,7 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
     def step(carry, xs):
         pstate, acc = carry
         t, nz, u_r, row = xs
-        n, mask, pred_cost, pred_unc, feats, cat, qual, cost, mu = row
-        avail = mask & (world.arrival_step <= t)
+        n_row, avail, best, pred_cost, pred_unc, feats, cat, qual, cost, mu = row
         ctx = Context(t=t, avail=avail, pred_cost=pred_cost, pred_unc=pred_unc, features=feats,
                       category=cat, quality=qual, cost=cost)
         # select
@@ -169,17 +187,17 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
         arm = pol.choose(pstate, draws, ctx)
         # observe (one-hot sums instead of batched gathers)
         hot = arange_k == arm
-        q = jnp.sum(jnp.where(hot, qual, 0.0))
+        q, c_arm, mu_arm = jnp.sum(jnp.where(hot, jnp.stack([qual, cost, mu]), 0.0), -1)
         r = (u_r < q).astype(jnp.float32) if reward_mode == "bernoulli" else q
-        inst = jnp.max(jnp.where(avail, mu, -jnp.inf)) - jnp.sum(jnp.where(hot, mu, 0.0))
+        inst = best - mu_arm
         # update
         pstate = pol.update(pstate, arm, r, ctx)
-        sums, comp = kahan_add(acc.sums, acc.comp, jnp.stack([r, q, jnp.sum(jnp.where(hot, cost, 0.0)), inst]))
+        sums, comp = kahan_add(acc.sums, acc.comp, jnp.stack([r, q, c_arm, inst]))
         window = jax.lax.dynamic_update_index_in_dim(acc.window, inst, t % conv_window, 0)
         mean = jnp.sum(window) / jnp.minimum(t + 1, conv_window).astype(jnp.float32)
         acc = _Acc(sums, comp, acc.choices + hot.astype(jnp.int32), window,
                    jnp.where(mean >= conv_threshold, t, acc.last_above))
-        ys = (n, arm, r, inst, u_r, draws) if trajectories else None
+        ys = (n_row, arm, r, inst, u_r, draws) if trajectories else None
         return (pstate, acc), ys
 
     def run_chunk(carry, c, n):
@@ -188,11 +206,20 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
         u_r = (jax.random.uniform(jax.random.fold_in(k_rew, c), (n,)) if reward_mode == "bernoulli"
                else jnp.zeros((n,), jnp.float32))
         ts = c * chunk + jnp.arange(n, dtype=jnp.int32)
-        # the chunk's world rows, gathered in bulk outside the sequential dependency
+        # the chunk's world rows, availability and best hindsight utility, in bulk outside the
+        # sequential dependency
         idx = jax.lax.dynamic_slice_in_dim(order, c * chunk, n)
-        rows = (idx, world.mask[idx], world.pred_cost[idx], world.pred_unc[idx], world.features[idx],
-                world.category[idx], world.quality[idx], world.cost[idx], mu_all[idx])
-        return jax.lax.scan(step, carry, (ts, nz, u_r, rows))
+        avail = world.mask[idx] & (world.arrival_step <= ts[:, None])
+        mu = mu_all[idx]
+        best = jnp.max(jnp.where(avail, mu, -jnp.inf), -1)
+        rows = (idx, avail, best, world.pred_cost[idx], world.pred_unc[idx], world.features[idx],
+                world.category[idx], world.quality[idx], world.cost[idx], mu)
+        xs = (ts, nz, u_r, rows)
+        # index the chunk's arrays inside the step instead of scanning over them: under vmap a scanned
+        # input is transposed to step-major in bulk, and XLA fuses that transpose into the noise
+        # transforms (erf_inv, log), which then run strided and unvectorized
+        return jax.lax.scan(lambda cr, i: step(cr, jax.tree.map(lambda x: x[i], xs)), carry,
+                            jnp.arange(n, dtype=jnp.int32))
 
     acc0 = _Acc(jnp.zeros(4, jnp.float32), jnp.zeros(4, jnp.float32), jnp.zeros(k, jnp.int32),
                 jnp.zeros(conv_window, jnp.float32), jnp.int32(-1))
