@@ -26,7 +26,9 @@ the variance decomposition in log space is always defined.
 
 Censoring: the bundled data carry no "hit the max length" flag (no finish reason), so censoring is optional. Given
 ``censor_log`` (log1p of the per-row cap) and ``is_censored`` (1 where the observed length reached the cap), a
-censored row contributes :math:`\log P(y > c) = \log(1 - F_t(c))` instead of the density.
+censored row contributes :math:`\log P(y > c) = \log(1 - F_t(c))` instead of the density (with no gradient with
+respect to :math:`\nu`: jax's incomplete beta function has none in its shape arguments, so :math:`\nu` is learnt
+from the uncensored rows; the gradient in the location and scale is the exact :math:`-\text{pdf}`).
 
 Rows carry a ``weight`` (1 for data, 0 for padding), so tables padded to a fixed size reuse one compiled SVI step.
 With ``batch_size`` the likelihood is estimated from ``batch_size`` rows drawn uniformly with replacement among the
@@ -71,6 +73,22 @@ def derive(latents: Mapping[str, jax.Array], family_of_model: jax.Array) -> dict
     log_sigma = jnp.take(mu_sig_fam, family_of_model, axis=-1) + s_sig_w[..., None] * latents["z_sig"]
     return dict(mu_0=mu_0, tau_0=tau_0, mu_fam=mu_fam, tau_w=tau_w, theta=theta, mu_sig0=mu_sig0, s_sig0=s_sig0,
                 mu_sig_fam=mu_sig_fam, s_sig_w=s_sig_w, log_sigma=log_sigma, nu=2.0 + latents["nu_m2"])
+
+
+@jax.custom_jvp
+def _t_sf(z: jax.Array, nu: jax.Array) -> jax.Array:
+    """Student-t survival function P(T > z); its derivative in z is -pdf(z) (exact and NaN-free; jax's incomplete
+    beta function has no gradient in its shape arguments and an unstable one near its ends), none in nu."""
+    nu = jax.lax.stop_gradient(nu)
+    return 1.0 - dist.StudentT(nu).cdf(z)
+
+
+@_t_sf.defjvp
+def _t_sf_jvp(primals, tangents):
+    z, nu = primals
+    dz, _ = tangents
+    nu = jax.lax.stop_gradient(nu)
+    return _t_sf(z, nu), -jnp.exp(dist.StudentT(nu).log_prob(z)) * dz
 
 
 def token_model(
@@ -136,6 +154,10 @@ def token_model(
     like = dist.StudentT(p["nu"], loc, scale)
     lp = like.log_prob(y[idx])
     if censoring:
-        log_sf = jnp.log1p(-jnp.clip(like.cdf(censor_log[idx]), 0.0, 1.0 - 1e-7))
-        lp = jnp.where(is_censored[idx] > 0, log_sf, lp)
+        cens = is_censored[idx] > 0
+        # uncensored rows (cap = inf) evaluate at z = 1: the cap is replaced *before* the division, else the
+        # unselected branch's inf gradient turns into NaN through the where
+        z = (jnp.where(cens, censor_log[idx], loc + scale) - loc) / scale
+        log_sf = jnp.log(jnp.clip(_t_sf(z, p["nu"]), 1e-30, 1.0))
+        lp = jnp.where(cens, log_sf, lp)
     numpyro.factor("obs", scale_factor * jnp.sum(lp * weight[idx]))
