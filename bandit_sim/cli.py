@@ -2,6 +2,7 @@
 
     bandit-sim data describe [--data NAME|PATH] [--json]
     bandit-sim data validate PATH
+    bandit-sim tokens | compare | coldstart | sweep | bench ...
     bandit-sim run            # the main job on the bundled data: regenerates results/
 
 Run `bandit-sim COMMAND --help` for each command's options.
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bayesian LLM routing: a hierarchical token model and a vectorized JAX routing simulator.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n  bandit-sim data describe --data routerbench\n  bandit-sim data validate my_table.csv\n"
-               "  bandit-sim run",
+               "  bandit-sim compare --data routerbench --episodes 1000 --out results/compare\n  bandit-sim run",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -80,16 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="a small, fast version of every stage (smoke test)")
     r.set_defaults(func=_cmd_run)
 
-    # Commands owned by other modules register themselves here.
-    for modname, fn in (("token_eval", "add_tokens_subparser"), ("bench", "add_bench_subparser"),
-                        ("experiments", "add_experiment_subparsers")):
-        try:
-            mod = __import__(f"bandit_sim.{modname}", fromlist=[fn])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"bandit_sim.{modname}":
-                raise
-            continue
-        getattr(mod, fn)(sub)
+    # Commands owned by other modules register themselves here (imports are light: heavy work is imported lazily).
+    from .bench import add_bench_subparser
+    from .experiments import add_experiment_subparsers
+    from .token_eval import add_tokens_subparser
+
+    add_tokens_subparser(sub)
+    add_experiment_subparsers(sub)
+    add_bench_subparser(sub)
     return p
 
 
