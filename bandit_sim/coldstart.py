@@ -3,6 +3,8 @@
 Protocol (DESIGN.md "Cold start"), for each family with at least two models, in turn:
 - The new model is the family's best model on the training split (the newcomer worth adopting). It is absent for
   the first `arrival` queries of every episode (masked, utility -inf), then available.
+- The other models start from their posterior after the training split (`incumbents="warm"`, default: an
+  established router meets a newcomer), or from Beta(1, 1) (`incumbents="flat"`).
 - Family prior: its quality prior is Beta(1 + w*m, 1 + w*(1-m)) from the training record of the other models of its
   family (m their mean quality, w = min(20, their rows)); its token prediction (cost and uncertainty terms) comes
   from the hierarchical model's family prior (the model is left out of the token fit). Flat prior: Beta(1, 1) and
@@ -27,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import metrics as M
-from .compare import family_prior_from_train
+from .compare import family_prior_from_train, warm_prior_from_train
 from .experiments import run_policy
 from .loaders import RoutingData, load_data
 from .pipeline import write_text_atomic
@@ -79,14 +81,16 @@ def _token_mae_after_n(rd, fit, model: str, seed: int) -> dict:
 
 
 def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 200, seed: int = 0, lam: float = 0.3,
-                  gam: float = 0.25, threshold: float = 0.05, tokens: str = "hierarchical", quick: bool = False,
-                  argv=None, progress: bool = True) -> dict:
+                  gam: float = 0.25, threshold: float = 0.02, tokens: str = "hierarchical", quick: bool = False,
+                  incumbents: str = "warm", argv=None, progress: bool = True) -> dict:
     """Run the cold-start protocol and write DIR/metrics.json, DIR/report.md, DIR/convergence.png.
 
     Args:
       data: dataset; out: folder; episodes: E per family and prior; arrival: T0 queries before the arrival;
       seed: base seed; lam, gam: utility weights; threshold: convergence threshold; tokens: "hierarchical" or
-      "standin"; quick: smoke settings; argv: command to record; progress: progress bar.
+      "standin"; quick: smoke settings; incumbents: "warm" (the other models start from their training-split
+      posterior: an established router meets a newcomer) or "flat" (everything starts from Beta(1, 1));
+      argv: command to record; progress: progress bar.
     Returns:
       metrics dict.
     """
@@ -101,11 +105,13 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
     if not newcomers:
         raise ValueError(f"dataset {data!r} has no family with two or more models: no family prior to compare")
     n_test = rd.split("test")["prompt_id"].nunique()
+    if incumbents not in ("warm", "flat"):
+        raise ValueError(f"incumbents must be 'warm' or 'flat', got {incumbents!r}")
     if not 0 <= arrival < n_test - WINDOW:
         raise ValueError(f"--arrival {arrival} must leave at least {WINDOW} of the {n_test} test queries after it")
 
     per_family, curves = {}, {}
-    conv_fam_all, conv_flat_all = [], []
+    conv_fam_all, conv_flat_all, reg_fam_all, reg_flat_all = [], [], [], []
     for fam, model in tqdm(list(newcomers.items()), desc="coldstart", unit="family", disable=not progress):
         worlds = {}
         if tokens == "hierarchical":
@@ -124,7 +130,12 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
         for cond, (w, info) in worlds.items():
             k = len(info.models)
             j = info.models.index(model)
-            a, b = np.ones(k, np.float32), np.ones(k, np.float32)
+            if incumbents == "warm":  # an established router: the other models start from their training record
+                a, b = warm_prior_from_train(rd, info.models)
+                a, b = a.copy(), b.copy()
+            else:
+                a, b = np.ones(k, np.float32), np.ones(k, np.float32)
+            a[j], b[j] = 1.0, 1.0  # the newcomer has no record of its own
             if cond == "family_prior":
                 fa, fb = family_prior_from_train(rd, info.models)
                 a[j], b[j] = fa[j], fb[j]
@@ -159,16 +170,20 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
         curves[fam] = (model, f["rolling"], fl["rolling"])
         conv_fam_all.append(f["conv"])
         conv_flat_all.append(fl["conv"])
+        reg_fam_all.append(f["regret500"])
+        reg_flat_all.append(fl["regret500"])
 
     cf, cfl = np.concatenate(conv_fam_all), np.concatenate(conv_flat_all)
     pooled = paired_test(cf, cfl, "wilcoxon", seed=seed)
+    rf, rfl = np.concatenate(reg_fam_all), np.concatenate(reg_flat_all)
+    pooled_regret = paired_test(rf, rfl, "wilcoxon", seed=seed)
     med_f, med_fl = float(np.median(cf)), float(np.median(cfl))
     maes = [v["token_mae_after_n"] for v in per_family.values() if v["token_mae_after_n"]]
     token_mean = ({k: {n: float(np.mean([m[k][n] for m in maes])) for n in maes[0][k]} for k in maes[0]}
                   if maes else None)
     result = {
         "command": command_line(argv), "data": data, "seed": seed, "episodes": episodes, "arrival": arrival,
-        "steps_per_episode": int(n_test), "lam": lam, "gam": gam, "threshold": threshold, "window": WINDOW,
+        "steps_per_episode": int(n_test), "incumbents": incumbents, "lam": lam, "gam": gam, "threshold": threshold, "window": WINDOW,
         "newcomers": newcomers,
         "skipped_families": sorted(set(rd.split("train")["family"]) - set(newcomers)),
         "family_prior": {"convergence_queries_median": med_f,
@@ -180,6 +195,8 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
         "reduction": (1.0 - med_f / med_fl) if med_fl > 0 else float("nan"),
         "p_value": pooled.p_value,
         "test": pooled.as_dict(),
+        "regret_next_500_reduction": float(1.0 - rf.mean() / rfl.mean()) if rfl.mean() > 0 else float("nan"),
+        "regret_test": pooled_regret.as_dict(),
         "new_model_token_mae": token_mean,
         "per_family": per_family,
         "token_model": "hierarchical (family prior vs global prior for the new model)" if tokens == "hierarchical"
@@ -214,10 +231,13 @@ def _plot(out: Path, curves, arrival: int, threshold: float) -> None:
 
 
 def _report(r: dict, seconds: float) -> str:
+    rf_mean, rfl_mean = r["family_prior"]["regret_next_500_mean"], r["flat_prior"]["regret_next_500_mean"]
     lines = [f"# Cold start: {r['data']}", "",
              f"Made by `{r['command']}` (seed {r['seed']}, {seconds:.0f} s). {r['episodes']} episodes per family and "
              f"prior; each routes the {r['steps_per_episode']} test queries once; the new model arrives after "
-             f"{r['arrival']} queries. Thompson with λ = {r['lam']}, γ = {r['gam']}. Convergence threshold "
+             f"{r['arrival']} queries; the other models start from "
+             f"{'their training-split posterior' if r['incumbents'] == 'warm' else 'Beta(1, 1)'}. "
+             f"Thompson with λ = {r['lam']}, γ = {r['gam']}. Convergence threshold "
              f"{r['threshold']} on the rolling (window {r['window']}) mean of instantaneous regret. "
              f"Token model: {r['token_model']}.", "",
              "## Summary (pooled over families)", ""]
@@ -229,6 +249,8 @@ def _report(r: dict, seconds: float) -> str:
     lines += ["", f"Reduction of the median convergence time: **{r['reduction']:.3f}**; paired Wilcoxon signed-rank "
               f"over all episodes: p = {r['p_value']:.3g} (statistic {r['test']['statistic']:.1f}, mean difference "
               f"{r['test']['mean_diff']:+.1f} queries).", "",
+              f"Regret over the next 500 queries: family prior {rf_mean:.2f} vs flat {rfl_mean:.2f}, reduction "
+              f"**{r['regret_next_500_reduction']:.3f}**; paired Wilcoxon p = {r['regret_test']['p_value']:.3g}.", "",
               "![convergence](convergence.png)", "", "## Per family", ""]
     rows = []
     for fam, v in r["per_family"].items():

@@ -258,10 +258,10 @@ def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, to
     pair = _pair_metrics(setup, mf, i_strong, i_weak, val_eps, seed, gam)
 
     # ---- significance: Thompson vs every baseline on per-episode utility at Thompson's lambda
-    lam_star = chosen["thompson"]["lam"]
-    util = {key: st.quality - lam_star * st.cost_norm for key, st in stats.items()}
     sig = {}
-    for ts in THOMPSON_KEYS:
+    for ts in THOMPSON_KEYS:  # each Thompson variant is tested under its own utility (its chosen lambda)
+        lam_star = chosen[ts]["lam"]
+        util = {key: st.quality - lam_star * st.cost_norm for key, st in stats.items()}
         tests = {}
         for key in stats:
             if key == ts:
@@ -325,8 +325,12 @@ def _pair_metrics(setup, mf, i_strong, i_weak, eps, seed, gam) -> dict:
     w2, i2 = select_models(wt, it, [i_strong, i_weak])
     lams = np.concatenate([np.linspace(0, 0.3, 16), np.linspace(0.35, 3.0, 16)]).astype(np.float32)
     res = {}
-    for key, pol in (("thompson", "thompson"), ("thompson_contextual", "contextual_thompson")):
-        m, _ = run_policy(w2, i2, pol, episodes=eps, seed=seed, gam=gam, grid={"lam": lams})
+    sel = [i_strong, i_weak]
+    for key, pol in (("thompson", "thompson"), ("thompson_contextual", "contextual_thompson"),
+                     ("thompson_contextual_warm", "contextual_thompson")):
+        over = _hyper_overrides(setup, KERNEL_POLICIES[key][1], contextual=pol == "contextual_thompson")
+        over = {name: np.asarray(v)[..., sel] for name, v in over.items()}  # the pair's columns of the priors
+        m, _ = run_policy(w2, i2, pol, episodes=eps, seed=seed, gam=gam, grid={"lam": lams}, hyper_overrides=over)
         st = episode_stats(m, i2, q.shape[0])
         share = st.choices[..., 0].mean(-1) / q.shape[0]
         qual = st.quality.mean(-1)
@@ -440,10 +444,10 @@ def _report(r: dict, seconds: float) -> str:
               "performance gap recovered, upper hull with random mixing); the MF router's from its score "
               "P̂(strong) − P̂(weak); random = 0.5 by definition.", "",
               "## Significance (paired over episodes)", "",
-              f"Per-episode utility = mean quality − λ*·mean normalised cost, λ* = {r['lambda_selection']['thompson']['lam']}; "
-              "Wilcoxon signed-rank, Holm-adjusted over baselines; paired t-test p as a cross-check.", ""]
+              "Per-episode utility = mean quality − λ*·mean normalised cost, with λ* the tested Thompson variant's "
+              "chosen λ; Wilcoxon signed-rank, Holm-adjusted over baselines; paired t-test p as a cross-check.", ""]
     for ts, tests in r["significance"].items():
-        lines += [f"### {ts} vs …", ""]
+        lines += [f"### {ts} (λ* = {r['lambda_selection'][ts]['lam']:g}) vs …", ""]
         lines.append(md_table(["baseline", "mean diff [95% CI]", "Wilcoxon p", "Holm p", "t-test p"],
                               [[b, f"{t['mean_diff']:+.4f} [{t['mean_diff_ci95'][0]:+.4f}, {t['mean_diff_ci95'][1]:+.4f}]",
                                 f"{t['p_value']:.2e}", f"{t['p_holm']:.2e}", f"{t['ttest_p_value']:.2e}"]

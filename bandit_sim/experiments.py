@@ -284,9 +284,11 @@ def add_experiment_subparsers(sub) -> None:
     cs.add_argument("--seed", type=int, default=0)
     cs.add_argument("--lam", type=float, default=0.3, help="cost weight (default 0.3)")
     cs.add_argument("--gam", type=float, default=0.25, help="uncertainty weight (default 0.25)")
-    cs.add_argument("--threshold", type=float, default=0.05,
-                    help="convergence threshold on the rolling (window 50) mean regret (default 0.05)")
+    cs.add_argument("--threshold", type=float, default=0.02,
+                    help="convergence threshold on the rolling (window 50) mean regret (default 0.02)")
     cs.add_argument("--tokens", choices=("hierarchical", "standin"), default="hierarchical")
+    cs.add_argument("--incumbents", choices=("warm", "flat"), default="warm",
+                    help="the other models start from their training-split posterior (warm, default) or Beta(1, 1)")
     cs.add_argument("--quick", action="store_true", help="small settings (smoke test)")
     cs.set_defaults(func=_cmd_coldstart)
 
@@ -330,6 +332,7 @@ def _cmd_coldstart(args) -> int:
     if args.lam < 0 or args.gam < 0 or args.threshold <= 0:
         raise ValueError("--lam and --gam must be >= 0 and --threshold > 0")
     r = run_coldstart(args.data, Path(args.out), episodes=args.episodes, arrival=args.arrival, seed=args.seed,
-                      lam=args.lam, gam=args.gam, threshold=args.threshold, tokens=args.tokens, quick=args.quick)
+                      lam=args.lam, gam=args.gam, threshold=args.threshold, tokens=args.tokens, quick=args.quick,
+                      incumbents=args.incumbents)
     print(f"wrote {args.out}/report.md: convergence reduction {r['reduction']:.3f} (p = {r['p_value']:.2g})")
     return 0

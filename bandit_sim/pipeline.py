@@ -88,20 +88,23 @@ def _stage_compare(out: Path, seed: int, quick: bool) -> tuple[str, str, list[st
 def _stage_coldstart(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
     from .coldstart import run_coldstart
 
-    eps = 16 if quick else 500
+    eps = 16 if quick else 300
     argv = ["coldstart", "--data", "routerbench", "--episodes", str(eps), "--out", str(out), "--seed", str(seed)]
     r = run_coldstart("routerbench", out, episodes=eps, seed=seed, quick=quick,
                       argv=argv + (["--quick"] if quick else []))
     heads = [f"median convergence after arrival: family prior {r['family_prior']['convergence_queries_median']:.0f} "
              f"vs flat prior {r['flat_prior']['convergence_queries_median']:.0f} queries; reduction "
-             f"{r['reduction']:.3f}, p = {r['p_value']:.2g}"]
+             f"{r['reduction']:.3f}, p = {r['p_value']:.2g}",
+             f"regret over the next 500 queries: family prior {r['family_prior']['regret_next_500_mean']:.2f} vs flat "
+             f"{r['flat_prior']['regret_next_500_mean']:.2f} (reduction {r['regret_next_500_reduction']:.3f}, "
+             f"p = {r['regret_test']['p_value']:.2g})"]
     return "coldstart/report.md", "cold start: family prior vs flat prior (`bandit-sim coldstart`)", heads
 
 
 def _stage_sweep(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
     from .sweep import parse_range, run_sweep
 
-    lam, gam, eps = ("0:1:4", "0:1:4", 8) if quick else ("0:1:16", "0:1:16", 64)
+    lam, gam, eps = ("0:1:4", "0:1:4", 8) if quick else ("0:1:16", "0:1:16", 32)
     argv = ["sweep", "--data", "routerbench", "--lam", lam, "--gam", gam, "--episodes", str(eps), "--out", str(out),
             "--seed", str(seed)]
     r = run_sweep("routerbench", out, parse_range(lam, "lam"), parse_range(gam, "gam"), episodes=eps, seed=seed,

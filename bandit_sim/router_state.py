@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hierarchical.io import atomic_savez
 
 __all__ = ["save_router", "load_router", "RouterStateError", "FORMAT", "VERSION", "MIGRATIONS"]
 
@@ -50,21 +50,6 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.dtype).encode() + str(a.shape).encode()).hexdigest()
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_state(path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
     """Write arrays + JSON meta (checksums added) atomically; returns the path (".npz" appended if missing)."""
     path = Path(path)
@@ -74,7 +59,7 @@ def write_state(path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Pa
     meta = dict(meta, sha256={k: _digest(v) for k, v in arrays.items()})
     out = dict(arrays)
     out["__meta__"] = np.frombuffer(json.dumps(meta, default=_json_default).encode(), dtype=np.uint8)
-    _atomic_savez(path, out)
+    atomic_savez(path, out)
     return path
 
 

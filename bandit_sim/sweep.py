@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from hierarchical.io import atomic_savez
 
 from .experiments import episode_stats, prepare, run_policy
 from .pipeline import write_text_atomic
@@ -67,14 +67,7 @@ def _config_hash(cfg: dict) -> str:
 
 
 def _save_checkpoint(path: Path, cfg: dict, done: np.ndarray, arrays: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, config=np.array(json.dumps(cfg, sort_keys=True)), done=done, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_savez(path, {"config": np.array(json.dumps(cfg, sort_keys=True)), "done": done, **arrays})
 
 
 def _load_checkpoint(path: Path, cfg: dict):

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .pipeline import write_text_atomic
 
 # jax / numpyro / sklearn are imported inside the functions: `bandit-sim` builds every subparser at start-up
 
@@ -39,13 +39,6 @@ UNDEFINED = {
     "bayesian_ridge_per_model (held-out models)": "undefined for a model with no training rows",
     "per_model_median (held-out models)": "undefined for a model with no training rows",
 }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _prepare(table: pd.DataFrame):
@@ -355,8 +348,8 @@ def run_token_eval(
     _plots(out, per_seed, families)
     summary = arviz_summary(post0)
     metrics["total_seconds"] = time.perf_counter() - t_start
-    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
-    _atomic_write(out / "report.md", _report(metrics, command or _default_command(data, out, seeds), summary,
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    write_text_atomic(out / "report.md", _report(metrics, command or _default_command(data, out, seeds), summary,
                                              post0))
     return metrics
 

@@ -19,7 +19,7 @@ import numpy as np
 from .features import Standardizer
 from .fit import TokenPosterior
 
-__all__ = ["save_posterior", "load_posterior", "PosteriorFileError", "FORMAT", "VERSION"]
+__all__ = ["atomic_savez", "save_posterior", "load_posterior", "PosteriorFileError", "FORMAT", "VERSION"]
 
 FORMAT = "hierarchical-token-posterior"
 VERSION = 1
@@ -52,6 +52,18 @@ def save_posterior(post: TokenPosterior, path: str | os.PathLike) -> Path:
     meta = dict(format=FORMAT, version=VERSION, feature_names=list(post.feature_names), meta=post.meta,
                 sha256={k: _digest(v) for k, v in arrays.items()})
     arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8)
+    atomic_savez(path, arrays)
+    return path
+
+
+def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to an .npz atomically: a temp file in the same folder, fsync, then rename over `path`.
+
+    Args:
+      path: destination (its folder is created); a crash leaves the previous file intact.
+      arrays: name -> array (no object arrays: the file is data, loadable with allow_pickle=False).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -64,7 +76,6 @@ def save_posterior(post: TokenPosterior, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
 
 def load_posterior(path: str | os.PathLike) -> TokenPosterior:
