@@ -23,8 +23,11 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m ''
 
+# Kernel throughput vs NumPy/MABWiser, router latency, token-model fit time (each writes JSON under results/bench).
 bench: install
 	$(BIN)/bandit-sim bench --out results/bench
+	$(BIN)/python benchmarks/bench_router.py --out results/bench/router.json
+	$(BIN)/python -m benchmarks.bench_tokens --out results/bench/tokens.json
 
 # Rebuild the bundled parquet files from ../shared/datasets (maintainers only).
 data: install

@@ -176,8 +176,8 @@ def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, to
     wt, it = setup.worlds["test"], setup.infos["test"]
     n_test, k = wt.quality.shape
     models = it.models
-    val_eps = max(32, episodes // 8) if not quick else 4
-    sweep_eps = max(16, episodes // 16) if not quick else 4
+    val_eps = max(32, episodes // 16) if not quick else 4
+    sweep_eps = max(16, episodes // 32) if not quick else 4
     gam = 0.25
 
     # ---- lambda on the validation split (one compiled call over the lambda grid); on test each tuned policy runs

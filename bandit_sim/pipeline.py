@@ -79,7 +79,7 @@ def _stage_compare(out: Path, seed: int, quick: bool) -> tuple[str, str, list[st
     r = run_compare("routerbench", out, episodes=eps, seed=seed, quick=quick,
                     argv=argv + (["--quick"] if quick else []))
     heads = [f"{k}: quality retention {p['quality_retention']['mean']:.3f}, cost reduction "
-             f"{p['cost_reduction']['mean']:.3f} (λ = {p['lam']})" for k, p in r["policies"].items()
+             f"{p['cost_reduction']['mean']:.3f} (λ = {p['lam']:g})" for k, p in r["policies"].items()
              if k in ("thompson", "thompson_contextual_warm", "mf_router")]
     heads.append("AIQ: " + ", ".join(f"{k} {v:.3f}" for k, v in r["aiq"].items() if not k.startswith("_")))
     return "compare/report.md", "routing comparison on RouterBench (`bandit-sim compare`)", heads
@@ -88,7 +88,7 @@ def _stage_compare(out: Path, seed: int, quick: bool) -> tuple[str, str, list[st
 def _stage_coldstart(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
     from .coldstart import run_coldstart
 
-    eps = 16 if quick else 300
+    eps = 16 if quick else 200
     argv = ["coldstart", "--data", "routerbench", "--episodes", str(eps), "--out", str(out), "--seed", str(seed)]
     r = run_coldstart("routerbench", out, episodes=eps, seed=seed, quick=quick,
                       argv=argv + (["--quick"] if quick else []))
