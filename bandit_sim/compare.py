@@ -249,13 +249,12 @@ def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, to
     aiq = M.aiq_table(curves)
 
     # ---- APGR / CPT for a strong/weak pair
-    i_strong = models.index(strong) if strong else int(np.argmax(np.asarray(wt.pred_cost).mean(0)))
-    if weak:
-        i_weak = models.index(weak)
-    else:
-        cheap = [j for j in range(k) if model_cost[j] <= 0.1 * model_cost[i_strong] and j != i_strong]
-        i_weak = max(cheap, key=lambda j: model_q[j]) if cheap else int(np.argsort(model_cost)[0])
-    pair = _pair_metrics(setup, mf, i_strong, i_weak, val_eps, seed, gam)
+    i_strong, i_weak, why = _pick_pair(models, model_cost, model_q, np.asarray(wt.pred_cost).mean(0), strong, weak)
+    if why is None:
+        pair = _pair_metrics(setup, mf, i_strong, i_weak, val_eps, seed, gam)
+    else:  # no strong/weak gap on this test split: APGR/CPT are undefined, say why
+        pair = {"strong": models[i_strong], "weak": models[i_weak], "undefined": why,
+                "apgr": {}, "cpt50": {}, "cpt80": {}}
 
     # ---- significance: Thompson vs every baseline on per-episode utility at Thompson's lambda
     sig = {}
@@ -308,6 +307,36 @@ def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, to
     write_json(out / "metrics.json", result)
     write_text_atomic(out / "report.md", _report(result, time.perf_counter() - t_start))
     return result
+
+
+def _pick_pair(models, model_cost, model_q, pred_cost, strong, weak):
+    """(strong index, weak index, None) for APGR/CPT, or (.., .., reason) when no pair has a quality gap.
+
+    Default strong: the premium (highest predicted cost) model, or if another model scores higher on the test
+    split, the highest-quality model. Default weak: the best model costing <= 10% of the strong one and scoring
+    below it (else the cheapest model scoring below it).
+    """
+    for name in (strong, weak):
+        if name is not None and name not in models:
+            raise ValueError(f"--strong/--weak: unknown model {name!r}; models: {', '.join(models)}")
+    if strong:
+        i_s = models.index(strong)
+    else:
+        i_s = int(np.argmax(pred_cost))
+        if model_q.max() > model_q[i_s]:
+            i_s = int(np.argmax(model_q))
+    below = [j for j in range(len(models)) if model_q[j] < model_q[i_s]]
+    if weak:
+        i_w = models.index(weak)
+    elif below:
+        cheap = [j for j in below if model_cost[j] <= 0.1 * model_cost[i_s]]
+        i_w = max(cheap, key=lambda j: model_q[j]) if cheap else min(below, key=lambda j: model_cost[j])
+    else:
+        return i_s, i_s, f"no model scores below {models[i_s]} on the test split"
+    if model_q[i_s] <= model_q[i_w]:
+        return i_s, i_w, (f"strong {models[i_s]} (quality {model_q[i_s]:.4f}) does not score above weak "
+                          f"{models[i_w]} ({model_q[i_w]:.4f}) on the test split")
+    return i_s, i_w, None
 
 
 def _pair_metrics(setup, mf, i_strong, i_weak, eps, seed, gam) -> dict:
@@ -438,6 +467,8 @@ def _report(r: dict, seconds: float) -> str:
     lines.append(md_table(["router", "AIQ"], [[k, v] for k, v in r["aiq"].items() if not k.startswith("_")]))
     lines += ["", f"Common cost bounds (normalised): [{r['aiq']['_c_lo']:.4f}, {r['aiq']['_c_hi']:.4f}].", "",
               f"## APGR / CPT (RouteLLM), strong `{r['pair']['strong']}` vs weak `{r['pair']['weak']}`", ""]
+    if r["pair"].get("undefined"):
+        lines += [f"Undefined here: {r['pair']['undefined']}.", ""]
     lines.append(md_table(["router", "APGR", "CPT(50%)", "CPT(80%)"],
                           [[k, r["apgr"][k], r["cpt50"].get(k), r["cpt80"].get(k)] for k in r["apgr"]]))
     lines += ["", "Thompson's APGR/CPT come from its λ sweep on the two-model world (share of strong calls vs "
