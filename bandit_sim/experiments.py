@@ -22,7 +22,6 @@ Protocol (DESIGN.md):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -206,19 +205,6 @@ def select_lambda(world: World, info: WorldInfo, policy: str, *, episodes: int, 
     return {"lam": float(lambdas[j]), "retention": float(ret[j]), "cost_reduction": float(red[j]),
             "met_target": bool(ok.any()), "lams": np.asarray(lambdas).tolist(), "retention_curve": ret.tolist(),
             "cost_reduction_curve": red.tolist()}
-
-
-def timed(label: str, log: list[str]):
-    """Context manager appending '<label>: N s' to `log`."""
-
-    class _T:
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            log.append(f"{label}: {time.perf_counter() - self.t0:.1f} s")
-
-    return _T()
 
 
 def select_models(world: World, info: WorldInfo, idx) -> tuple[World, WorldInfo]:

@@ -88,7 +88,7 @@ def _stage_compare(out: Path, seed: int, quick: bool) -> tuple[str, str, list[st
 def _stage_coldstart(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
     from .coldstart import run_coldstart
 
-    eps = 16 if quick else 200
+    eps = 16 if quick else 100
     argv = ["coldstart", "--data", "routerbench", "--episodes", str(eps), "--out", str(out), "--seed", str(seed)]
     r = run_coldstart("routerbench", out, episodes=eps, seed=seed, quick=quick,
                       argv=argv + (["--quick"] if quick else []))
@@ -104,7 +104,7 @@ def _stage_coldstart(out: Path, seed: int, quick: bool) -> tuple[str, str, list[
 def _stage_sweep(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
     from .sweep import parse_range, run_sweep
 
-    lam, gam, eps = ("0:1:4", "0:1:4", 8) if quick else ("0:1:16", "0:1:16", 32)
+    lam, gam, eps = ("0:1:4", "0:1:4", 8) if quick else ("0:1:16", "0:1:16", 16)
     argv = ["sweep", "--data", "routerbench", "--lam", lam, "--gam", gam, "--episodes", str(eps), "--out", str(out),
             "--seed", str(seed)]
     r = run_sweep("routerbench", out, parse_range(lam, "lam"), parse_range(gam, "gam"), episodes=eps, seed=seed,
