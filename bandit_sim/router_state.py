@@ -24,7 +24,6 @@ max(64, K); the token forecaster must be passed to `load_router(path, tokens=...
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -34,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierarchical.io import atomic_savez
+from hierarchical.io import array_digest, atomic_savez
 
 __all__ = ["save_router", "load_router", "RouterStateError", "FORMAT", "VERSION", "MIGRATIONS"]
 
@@ -46,17 +45,13 @@ class RouterStateError(ValueError):
     """A router state file is missing, truncated, corrupt, of another format, or of an unreadable version."""
 
 
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.dtype).encode() + str(a.shape).encode()).hexdigest()
-
-
 def write_state(path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
     """Write arrays + JSON meta (checksums added) atomically; returns the path (".npz" appended if missing)."""
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    meta = dict(meta, sha256={k: _digest(v) for k, v in arrays.items()})
+    meta = dict(meta, sha256={k: array_digest(v) for k, v in arrays.items()})
     out = dict(arrays)
     out["__meta__"] = np.frombuffer(json.dumps(meta, default=_json_default).encode(), dtype=np.uint8)
     atomic_savez(path, out)
@@ -98,7 +93,7 @@ def read_state(path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if set(sums) != set(arrays):
             raise RouterStateError(f"{path}: arrays {sorted(set(arrays) ^ set(sums))} missing or unexpected")
         for k, v in arrays.items():
-            if _digest(v) != sums[k]:
+            if array_digest(v) != sums[k]:
                 raise RouterStateError(f"{path}: checksum mismatch for array {k!r} (file corrupt)")
     return arrays, meta
 

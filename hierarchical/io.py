@@ -19,7 +19,7 @@ import numpy as np
 from .features import Standardizer
 from .fit import TokenPosterior
 
-__all__ = ["atomic_savez", "save_posterior", "load_posterior", "PosteriorFileError", "FORMAT", "VERSION"]
+__all__ = ["array_digest", "atomic_savez", "save_posterior", "load_posterior", "PosteriorFileError", "FORMAT", "VERSION"]
 
 FORMAT = "hierarchical-token-posterior"
 VERSION = 1
@@ -29,7 +29,8 @@ class PosteriorFileError(ValueError):
     """A posterior file is missing, truncated, corrupt or of another format."""
 
 
-def _digest(a: np.ndarray) -> str:
+def array_digest(a: np.ndarray) -> str:
+    """SHA-256 of an array's bytes, dtype and shape (the checksum stored beside each saved array)."""
     return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.dtype).encode() + str(a.shape).encode()).hexdigest()
 
 
@@ -50,7 +51,7 @@ def save_posterior(post: TokenPosterior, path: str | os.PathLike) -> Path:
     arrays.update(std_mean=post.standardizer.mean, std_scale=post.standardizer.scale,
                   family_of_model=post.family_of_model, elbo=post.elbo)
     meta = dict(format=FORMAT, version=VERSION, feature_names=list(post.feature_names), meta=post.meta,
-                sha256={k: _digest(v) for k, v in arrays.items()})
+                sha256={k: array_digest(v) for k, v in arrays.items()})
     arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8)
     atomic_savez(path, arrays)
     return path
@@ -109,7 +110,7 @@ def load_posterior(path: str | os.PathLike) -> TokenPosterior:
     if set(sums) != set(arrays):
         raise PosteriorFileError(f"{path}: arrays {sorted(set(arrays) ^ set(sums))} missing or unexpected")
     for k, v in arrays.items():
-        if _digest(v) != sums[k]:
+        if array_digest(v) != sums[k]:
             raise PosteriorFileError(f"{path}: checksum mismatch for array {k!r} (file corrupt)")
     return TokenPosterior(
         draws={k[6:]: v for k, v in arrays.items() if k.startswith("draws/")},
