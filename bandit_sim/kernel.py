@@ -246,17 +246,26 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
 
 
 _STATIC = ("policy", "options", "episodes", "steps", "chunk", "reward_mode", "trajectories",
-           "conv_window", "n_devices")
+           "conv_window", "n_devices", "impl")
+IMPLS = ("auto", "batched", "generic")
 
 
 def _simulate_impl(world, key, hyper, conv_threshold, *, policy, options, episodes, steps, chunk,
-                   reward_mode, trajectories, conv_window, n_devices):
+                   reward_mode, trajectories, conv_window, n_devices, impl):
+    from . import batched
+
     TRACE_COUNT["simulate"] += 1
-    ep = lambda h, kk: _episode(h, world, kk, conv_threshold, policy=policy, options=options,  # noqa: E731
-                                steps=steps, chunk=chunk, reward_mode=reward_mode,
-                                trajectories=trajectories, conv_window=conv_window)
     grid = hyper.lam.ndim == 1
-    f = jax.vmap(ep, in_axes=(None, 0))
+    if impl == "batched":
+        def f(h, keys):
+            return batched.run_episodes(h, world, keys, conv_threshold, policy=policy, options=options,
+                                        steps=steps, chunk=chunk, reward_mode=reward_mode,
+                                        conv_window=conv_window), None
+    else:
+        ep = lambda h, kk: _episode(h, world, kk, conv_threshold, policy=policy, options=options,  # noqa: E731
+                                    steps=steps, chunk=chunk, reward_mode=reward_mode,
+                                    trajectories=trajectories, conv_window=conv_window)
+        f = jax.vmap(ep, in_axes=(None, 0))
     if grid:
         f = jax.vmap(f, in_axes=(0, None))
     keys = jax.random.split(key, episodes)
@@ -271,9 +280,18 @@ _simulate_jit = jax.jit(_simulate_impl, static_argnames=_STATIC)
 
 
 def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajectories, conv_threshold,
-             conv_window, options, devices):
+             conv_window, options, devices, impl="auto"):
+    from . import batched
+
     if reward not in ("observed", "bernoulli"):
         raise ValueError(f"simulate: reward must be 'observed' or 'bernoulli', got {reward!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"simulate: impl must be one of {IMPLS}, got {impl!r}")
+    fast = batched.supports(policy, dict(options), trajectories)
+    if impl == "batched" and not fast:
+        raise ValueError(f"simulate: impl='batched' runs the Thompson policies without "
+                         f"trajectories; got policy={policy!r}, options={dict(options)}, trajectories={trajectories}")
+    impl = "batched" if impl == "auto" and fast else ("generic" if impl == "auto" else impl)
     for name, v in (("episodes", episodes), ("steps", steps), ("chunk", chunk), ("conv_window", conv_window)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"simulate: {name} must be a positive int, got {v!r}")
@@ -293,14 +311,14 @@ def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajecto
     args = (world, key, hyper, jnp.float32(conv_threshold))
     static = dict(policy=policy, options=tuple(sorted(dict(options).items())), episodes=int(episodes),
                   steps=int(steps), chunk=chunk, reward_mode=reward,
-                  trajectories=bool(trajectories), conv_window=int(conv_window), n_devices=n_dev)
+                  trajectories=bool(trajectories), conv_window=int(conv_window), n_devices=n_dev, impl=impl)
     return args, static
 
 
 def simulate(world: World, key: jax.Array, hyper: Hyper, *, policy: str = "thompson", episodes: int = 1,
              steps: int = 1000, chunk: int = 32, reward: str = "observed", trajectories: bool = False,
              conv_threshold: float = 0.05, conv_window: int = 50, options: tuple | dict = (),
-             devices: int | None = None, threefry_partitionable: bool = False,
+             devices: int | None = None, threefry_partitionable: bool = False, impl: str = "auto",
              ) -> tuple[Metrics, Trajectory | None]:
     """Run `episodes` routing episodes of `steps` queries (per hyper-parameter set) in one compiled call.
 
@@ -319,11 +337,15 @@ def simulate(world: World, key: jax.Array, hyper: Hyper, *, policy: str = "thomp
       threefry_partitionable: PRNG mode used while tracing (set locally, not globally). False by
         default: on this CPU it compiles ~3x faster and draws normals several times faster; episode
         keys are split per episode, so results do not depend on the device count either way.
+      impl: "auto" (default), "batched" or "generic". The Thompson policies without trajectories
+        run hand-batched over episodes (bandit_sim/batched.py, several times faster on
+        CPU); everything else, or impl="generic", runs the step vmapped over episodes. Both give the
+        same episodes (tests/test_batched.py).
     Returns:
       (Metrics with leaves (G?, E, ...), Trajectory with leaves (G?, E, T, ...) or None).
     """
     args, static = _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajectories,
-                            conv_threshold, conv_window, options, devices)
+                            conv_threshold, conv_window, options, devices, impl)
     with jax.threefry_partitionable(threefry_partitionable):
         return _simulate_jit(*args, **static)
 
@@ -337,7 +359,7 @@ def lower_simulate(world: World, key: jax.Array, hyper: Hyper, **kw):
       (jax.stages.Lowered, args) where `compiled(*args)` runs the kernel.
     """
     defaults = dict(policy="thompson", episodes=1, steps=1000, chunk=32, reward="observed", trajectories=False,
-                    conv_threshold=0.05, conv_window=50, options=(), devices=None)
+                    conv_threshold=0.05, conv_window=50, options=(), devices=None, impl="auto")
     tp = kw.pop("threefry_partitionable", False)
     defaults.update(kw)
     args, static = _prepare(world, key, hyper, **defaults)

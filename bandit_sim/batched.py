@@ -1,0 +1,304 @@
+"""Thompson routing hand-batched over episodes: the fast path of `kernel.simulate`.
+
+`kernel.simulate` vmaps a one-episode step over episodes; that is general (every policy, full
+trajectories) but leaves the layout to XLA, which puts the K arms on the minor axis and, on XLA:CPU,
+recomputes cheap-looking producers (the counter-based hashes of the exact Beta sampler) inside each
+consumer. This module computes the same episodes, draw for draw, for the two Thompson policies
+(exact sampler, or the explicit Gaussian option), written for the machine:
+
+- every per-step array is (K, E_block) with the episodes on the minor, contiguous axis, so each
+  elementwise pass (hash, inverse-CDF normal, Marsaglia-Tsang test) is one vectorized loop and the
+  reductions over arms (argmax, one-hot reads) are elementwise across rows;
+- the gammas X and Y of each Beta are two separate (K, E) arrays (no concatenate or slice inside a
+  fusion, which stops LLVM from vectorizing it);
+- a rejected proposal is encoded as NaN in the one output of the proposal pass, so the hash is not
+  computed once for "accepted?" and again for "value";
+- the few rejected lanes (about 1 in 20) continue in a loop that, per iteration, takes the first
+  rejected arm of every episode: O(E) work per iteration instead of O(K E);
+- on CPU, values read by several consumers are materialised behind a ``lax.cond`` on a predicate XLA
+  cannot fold (`_keep`), so they are computed once (``optimization_barrier`` is stripped on XLA:CPU);
+- episodes are run in blocks of `block_size` per device (``lax.map``), so a block's working set
+  stays in cache.
+
+Same numbers as the generic path: the same keys, seeds, proposal streams (proposal j of lane i is
+``threefry2x32(seed, (i, j))``, tried in order until one is accepted, see sampling.py), the same
+utility, exploration schedule, updates and metrics, in the same float32 operations
+(tests/test_batched.py checks choices, rewards and convergence against the generic path).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import sampling
+from .kernel import Metrics, episode_order  # kernel imports this module lazily
+from .policies import _COIN_STREAM, _GAUSS_STREAM, Hyper, kahan_add
+from .world import World
+
+__all__ = ["supports", "run_episodes", "block_size"]
+
+BLOCK = 256  # episodes per block and device (best of 64..512 on a 2-core x86 CPU at K = 11)
+
+
+def supports(policy: str, options: dict, trajectories: bool) -> bool:
+    """Whether the batched path computes `policy` with `options` (else the generic vmapped kernel).
+
+    Thompson and contextual Thompson without trajectories (trajectories, and every other policy, take
+    the generic path).
+
+    Args:
+      policy: policy name. options: static policy options. trajectories: full trajectories requested.
+    Returns:
+      bool.
+    """
+    return (policy in ("thompson", "contextual_thompson") and not trajectories
+            and dict(options).get("sampler", "exact") in ("exact", "gaussian"))
+
+
+def block_size(episodes: int, block: int | None = None) -> int:
+    """Episodes per block: the largest divisor of `episodes` <= block (all of them when that is small).
+
+    Args:
+      episodes: episodes on one device. block: the preferred block (default BLOCK).
+    Returns:
+      int dividing `episodes`.
+    """
+    block = BLOCK if block is None else int(block)
+    if episodes <= block:
+        return episodes
+    div = max(d for d in range(1, block + 1) if episodes % d == 0)
+    return div if 4 * div >= block else episodes  # e.g. a prime E: one block, not E blocks of 1
+
+
+def _keep(token, x):
+    """x, computed once and stored, where the backend would otherwise recompute it per consumer.
+
+    On CPU a conditional on ``token >= 0`` (always true, but XLA cannot prove it for a loop-carried
+    step counter) is a fusion boundary; other backends get x unchanged.
+    """
+    def cpu(token, x):
+        return jax.lax.cond(token >= 0, lambda v: v, lambda v: jax.tree.map(jnp.zeros_like, v), x)
+
+    return jax.lax.platform_dependent(token, x, cpu=cpu, default=lambda token, x: x)
+
+
+def _mt_nan(d, c, x, log_u):
+    """Marsaglia-Tsang proposal (as sampling._mt_candidate): log v where accepted, NaN where rejected."""
+    y = c * x
+    w = y * (3.0 + y * (3.0 + y))
+    ok = y > -1.0
+    log_v = 3.0 * jnp.log1p(jnp.where(ok, y, 0.0))
+    return jnp.where(ok & (log_u < 0.5 * x * x + d * (log_v - w)), log_v, jnp.nan)
+
+
+def _log_gammas(t, shapes, lanes, s0, s1):
+    """Exact log Gamma(shape) for several (K, E) lane arrays, as sampling.log_gamma_from_noise.
+
+    Same stream as the generic sampler: proposal j of lane i is threefry2x32(seed, (i, j)), tried in
+    order until one is accepted; the boost uniform is threefry2x32(seed, (i, BOOST_STREAM)).
+
+    Args:
+      t: () int32 step (the `_keep` token).
+      shapes: tuple of (K, E) float32 gamma shapes (the X and Y of a Beta).
+      lanes: tuple of (K, 1) uint32 lane ids of each array in the seed's stream.
+      s0, s1: (E,) uint32 seed words of the step.
+    Returns:
+      tuple of (K, E) float32 log gamma draws.
+    """
+    k = shapes[0].shape[0]
+    rows = jnp.arange(k, dtype=jnp.int32)[:, None]
+    boosted = tuple(sh < sampling.BOOST_BELOW for sh in shapes)
+    ds = tuple(jnp.where(bo, sh + 1.0, sh) - 1.0 / 3.0 for sh, bo in zip(shapes, boosted))
+    cs = tuple(jax.lax.rsqrt(9.0 * d) for d in ds)
+
+    def proposal(d, c, lane, j):
+        y0, y1 = sampling.threefry2x32(s0, s1, lane, j)
+        return _mt_nan(d, c, sampling.normal_from_bits(y0), sampling.log_uniform_from_bits(y1))
+
+    vals = tuple(proposal(d, c, ln, jnp.uint32(0)) for d, c, ln in zip(ds, cs, lanes))
+    vals, ds, cs = _keep(t, (vals, ds, cs))
+
+    def pending(carry):
+        return jnp.any(jnp.stack([jnp.any(jnp.isnan(v)) for v in carry[0]]))
+
+    def next_proposal(carry):
+        # the first rejected arm of every episode (in each array) tries its next proposal
+        vals, js = carry
+        out_v, out_j = [], []
+        for val, j, d, c, ln in zip(vals, js, ds, cs, lanes):
+            first = jnp.min(jnp.where(jnp.isnan(val), rows, k), 0)  # (E,), k when none
+            sel = rows == first[None]
+            pick = lambda a: jnp.sum(jnp.where(sel, a, jnp.zeros((), a.dtype)), 0)  # noqa: E731
+            v = _keep(t, proposal(pick(d), pick(c), pick(ln), pick(j)))
+            out_v.append(jnp.where(sel, v[None], val))
+            out_j.append(j + sel.astype(jnp.uint32))
+        return tuple(out_v), tuple(out_j)
+
+    js = tuple(jnp.ones(d.shape, jnp.uint32) for d in ds)
+    vals, _ = jax.lax.while_loop(pending, next_proposal, (vals, js))
+    out = []
+    for sh, bo, d, val, ln in zip(shapes, boosted, ds, vals, lanes):
+        b0, _ = sampling.threefry2x32(s0, s1, ln, jnp.uint32(sampling.BOOST_STREAM))
+        out.append(jnp.log(d) + val + jnp.where(bo, sampling.log_uniform_from_bits(b0) / sh, 0.0))
+    return tuple(out)
+
+
+class _State(NamedTuple):
+    n: jax.Array  # (C, K, E) int32 pulls
+    s: jax.Array  # (C, K, E) float32 reward sums
+    s_comp: jax.Array  # (C, K, E) Kahan compensation
+    prior_a: jax.Array  # (C, K, E) prior alpha (family transfer applied at arrival)
+    prior_b: jax.Array  # (C, K, E)
+    sums: jax.Array  # (4, E) reward, quality, cost, regret
+    comp: jax.Array  # (4, E)
+    window: jax.Array  # (W, E) last W instantaneous regrets
+    last_above: jax.Array  # (E,) int32
+
+
+def _argmax0(x, rows):
+    """First index of the maximum along axis 0 (as policies._argmax)."""
+    k = x.shape[0]
+    m = jnp.max(x, 0, keepdims=True)
+    return jnp.min(jnp.where(x == m, rows, k), 0).clip(0, k - 1)
+
+
+def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_categories, gaussian, steps,
+           chunk, reward_mode, conv_window) -> Metrics:
+    """Episodes of one block (keys (E,)): Metrics with leaves (E, ...)."""
+    n_q, k = world.quality.shape
+    e = keys.shape[0]
+    n_rows = n_categories if contextual else 1
+    ks = jax.vmap(lambda kk: jax.random.split(kk, 4))(keys)  # order, noise, fallback (unused), reward
+    k_order, k_noise, k_rew = ks[:, 0], ks[:, 1], ks[:, 3]
+    order = jax.vmap(lambda ko: episode_order(ko, n_q, steps))(k_order).T  # (T, E)
+    m = world.mask.astype(jnp.float32)
+    qbar = jnp.sum(world.quality * m, 0) / jnp.maximum(jnp.sum(m, 0), 1.0)
+    mu_all = qbar - hyper.lam * world.pred_cost - hyper.gam * world.pred_unc  # as kernel._episode
+    cols = dict(mask=world.mask.T, pc=world.pred_cost.T, pu=world.pred_unc.T, q=world.quality.T,
+                cost=world.cost.T, mu=mu_all.T)  # (K, N): a chunk's rows are gathered as (K, n, E)
+    lanes_x = jnp.arange(k, dtype=jnp.uint32)[:, None]
+    lanes_y = lanes_x + jnp.uint32(k)
+    lanes_g = lanes_x + jnp.uint32(1)
+    rows = jnp.arange(k, dtype=jnp.int32)[:, None]
+    cat_rows = jnp.arange(n_rows, dtype=jnp.int32)[:, None, None]
+    same_family = world.family[:, None] == world.family[None, :]
+    not_self = ~jnp.eye(k, dtype=bool)
+
+    def step(st: _State, x):
+        t, s0, s1, u_r, cat, avail, pc, pu, qual, cost, mu, best = x
+        s0, s1 = _keep(t, (s0, s1))
+        if contextual:
+            hot_c = cat_rows == cat[None, None]  # (C, 1, E)
+            row = lambda a: jnp.sum(jnp.where(hot_c, a, jnp.zeros((), a.dtype)), 0)  # noqa: E731
+        else:
+            row = lambda a: a[0]  # noqa: E731
+        n = row(st.n).astype(jnp.float32)
+        s = row(st.s)
+        a = row(st.prior_a) + s
+        b = row(st.prior_b) + jnp.maximum(n - s, 0.0)
+        if gaussian:  # the explicit, not exact, option (policies.thompson)
+            z = sampling.normal_from_bits(sampling.threefry2x32(s0, s1, lanes_x, jnp.uint32(_GAUSS_STREAM))[0])
+            pi = _keep(t, sampling.beta_gaussian(z, a, b))
+        else:
+            gx, gy = _log_gammas(t, (a, b), (lanes_x, lanes_y), s0, s1)
+            pi = _keep(t, jax.nn.sigmoid(gx - gy))
+        u = sampling.uniform_from_bits(sampling.threefry2x32(s0, s1, jnp.uint32(0), jnp.uint32(_COIN_STREAM))[0])
+        g = sampling.uniform_from_bits(sampling.threefry2x32(s0, s1, lanes_g, jnp.uint32(_COIN_STREAM))[0])
+        util = _keep(t, jnp.where(avail, pi - hyper.lam * pc - hyper.gam * pu, -jnp.inf))
+        greedy = _argmax0(util, rows)
+        rand = _argmax0(jnp.where(avail, _keep(t, g), -1.0), rows)
+        eps = jnp.maximum(hyper.min_explore, hyper.explore_decay ** t.astype(jnp.float32))
+        arm = _keep(t, jnp.where(u < eps, rand, greedy))
+        hot = rows == arm[None]  # (K, E)
+        q = jnp.sum(jnp.where(hot, qual, 0.0), 0)
+        c_arm = jnp.sum(jnp.where(hot, cost, 0.0), 0)
+        mu_arm = jnp.sum(jnp.where(hot, mu, 0.0), 0)
+        r = (u_r < q).astype(jnp.float32) if reward_mode == "bernoulli" else q
+        inst = best - mu_arm
+        hot3 = hot[None] & hot_c if contextual else hot[None]
+        s_new, c_new = kahan_add(st.s, st.s_comp, r[None, None])
+        sums, comp = kahan_add(st.sums, st.comp, jnp.stack([r, q, c_arm, inst]))
+        window = jax.lax.dynamic_update_index_in_dim(st.window, inst, t % conv_window, 0)
+        mean = jnp.sum(window, 0) / jnp.minimum(t + 1, conv_window).astype(jnp.float32)
+        st = st._replace(n=st.n + hot3.astype(jnp.int32), s=jnp.where(hot3, s_new, st.s),
+                         s_comp=jnp.where(hot3, c_new, st.s_comp), sums=sums, comp=comp, window=window,
+                         last_above=jnp.where(mean >= conv_threshold, t, st.last_above))
+        arriving = (world.arrival_step == t + 1) & (t + 1 > 0)
+        return jax.lax.cond(jnp.any(arriving), lambda st: _family_prior(st, t, arriving), lambda st: st, st)
+
+    def _family_prior(st: _State, t, arriving):
+        # as policies._beta_update: arms arriving at t + 1 get the family's mean reward so far
+        pulls = st.n.sum(0).astype(jnp.float32)  # (K, E)
+        succ = st.s.sum(0)
+        arrived = world.arrival_step <= t
+        w = (same_family & not_self & arrived[None, :]).astype(jnp.float32)  # (K, K)
+        n_f = jnp.einsum("ij,je->ie", w, pulls)
+        s_f = jnp.einsum("ij,je->ie", w, succ)
+        mean = s_f / jnp.maximum(n_f, 1.0)
+        n_eff = jnp.minimum(hyper.family_strength, n_f)
+        apply = arriving[:, None] & (n_f > 0) & (hyper.family_strength > 0)
+        pa = jnp.broadcast_to(hyper.prior_alpha.reshape(-1, k)[..., None], st.prior_a.shape)
+        pb = jnp.broadcast_to(hyper.prior_beta.reshape(-1, k)[..., None], st.prior_b.shape)
+        return st._replace(prior_a=jnp.where(apply[None], pa + mean * n_eff, st.prior_a),
+                           prior_b=jnp.where(apply[None], pb + (1.0 - mean) * n_eff, st.prior_b))
+
+    def run_chunk(st, c, n):
+        seeds = jax.vmap(lambda kn: sampling.noise_seeds(jax.random.fold_in(kn, c), (n,)))(k_noise)  # (E, n, 2)
+        if reward_mode == "bernoulli":
+            u_r = jax.vmap(lambda kr: jax.random.uniform(jax.random.fold_in(kr, c), (n,)))(k_rew).T
+        else:
+            u_r = jnp.zeros((n, e), jnp.float32)
+        ts = c * chunk + jnp.arange(n, dtype=jnp.int32)
+        idx = jax.lax.dynamic_slice_in_dim(order, c * chunk, n)  # (n, E)
+        take = lambda a: jnp.take(a, idx, axis=1).transpose(1, 0, 2)  # noqa: E731  (n, K, E)
+        avail = take(cols["mask"]) & (world.arrival_step[None, :, None] <= ts[:, None, None])
+        mu = take(cols["mu"])
+        best = jnp.max(jnp.where(avail, mu, -jnp.inf), 1)
+        xs = (ts, seeds[:, :, 0].T, seeds[:, :, 1].T, u_r, world.category[idx], avail, take(cols["pc"]),
+              take(cols["pu"]), take(cols["q"]), take(cols["cost"]), mu, best)
+        return jax.lax.scan(lambda st, i: (step(st, jax.tree.map(lambda a: a[i], xs)), None), st,
+                            jnp.arange(n, dtype=jnp.int32))[0]
+
+    def prior(p):
+        return jnp.broadcast_to(jnp.asarray(p, jnp.float32).reshape(-1, k)[..., None], (n_rows, k, e))
+
+    z = jnp.zeros((n_rows, k, e), jnp.float32)
+    st = _State(jnp.zeros((n_rows, k, e), jnp.int32), z, z, prior(hyper.prior_alpha), prior(hyper.prior_beta),
+                jnp.zeros((4, e), jnp.float32), jnp.zeros((4, e), jnp.float32),
+                jnp.zeros((conv_window, e), jnp.float32), jnp.full((e,), -1, jnp.int32))
+    n_full, rem = divmod(steps, chunk)
+    if n_full:
+        st = jax.lax.scan(lambda st, c: (run_chunk(st, c, chunk), None), st, jnp.arange(n_full, dtype=jnp.int32))[0]
+    if rem:
+        st = run_chunk(st, jnp.int32(n_full), rem)
+    s = st.sums
+    return Metrics(s[0], s[1], s[2], s[3], st.n.sum(0).T, st.last_above + 1, st.last_above < steps - 1)
+
+
+def run_episodes(hyper: Hyper, world: World, keys, conv_threshold, *, policy: str, options: dict, steps: int,
+                 chunk: int, reward_mode: str, conv_window: int, block: int | None = None) -> Metrics:
+    """Metrics of the episodes with the given per-episode keys, blocks of episodes in sequence.
+
+    Args:
+      hyper: Hyper of one grid cell (scalars, (K,) or (C, K) priors).
+      world: World. keys: (E,) episode keys (split(key, episodes) of `simulate`).
+      conv_threshold: traced threshold. policy: "thompson" | "contextual_thompson". options: static.
+      steps, chunk, reward_mode, conv_window: as `kernel.simulate`. block: episodes per block
+        (default BLOCK; see `block_size`).
+    Returns:
+      Metrics with leaves (E, ...).
+    """
+    opts = dict(options)
+    contextual = policy == "contextual_thompson"
+    kw = dict(contextual=contextual, n_categories=int(opts.get("n_categories", 1)),
+              gaussian=opts.get("sampler", "exact") == "gaussian", steps=steps, chunk=chunk,
+              reward_mode=reward_mode, conv_window=conv_window)
+    e = keys.shape[0]
+    b = block_size(e, block)
+    if b == e:
+        return _block(hyper, world, keys, conv_threshold, **kw)
+    out = jax.lax.map(lambda kb: _block(hyper, world, kb, conv_threshold, **kw), keys.reshape(e // b, b))
+    return jax.tree.map(lambda a: a.reshape(e, *a.shape[2:]), out)
