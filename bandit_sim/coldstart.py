@@ -35,7 +35,7 @@ from .loaders import RoutingData, load_data
 from .pipeline import write_text_atomic
 from .report import command_line, md_table, savefig, short_name, write_json
 from .stats import bootstrap_ci, paired_test
-from .world import world_from_table
+from .world import pivot_index, world_from_table
 
 __all__ = ["run_coldstart", "NEW_MODEL_N"]
 
@@ -118,8 +118,13 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
             from .token_bridge import fit_token_model, predict_grid
 
             fit = fit_token_model(rd, seed=seed, exclude_models=[model], quick=quick)
-            for cond, prior in (("family_prior", "family"), ("flat_prior", "global")):
-                pred = predict_grid(fit, rd, "test", prior={model: prior}, seed=seed)
+            # the conditions differ only in the newcomer's column: predict the grid once, then that column
+            mean, sd = predict_grid(fit, rd, "test", prior={model: "family"}, seed=seed)
+            j = pivot_index(rd.table, "test")[1].index(model)
+            mean_g, sd_g = mean.copy(), sd.copy()
+            mean_g[:, j:j + 1], sd_g[:, j:j + 1] = predict_grid(fit, rd, "test", prior={model: "global"}, seed=seed,
+                                                                columns=[model])
+            for cond, pred in (("family_prior", (mean, sd)), ("flat_prior", (mean_g, sd_g))):
                 worlds[cond] = world_from_table(rd.table, "test", pred=pred, arrival={model: arrival})
             token_mae = _token_mae_after_n(rd, fit, model, seed)
         else:

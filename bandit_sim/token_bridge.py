@@ -84,7 +84,7 @@ def fit_token_model(rd: RoutingData, *, seed: int = 0, exclude_models=(), quick:
 
 
 def predict_grid(fit: TokenFit, rd: RoutingData, split: str, *, prior: dict[str, str] | None = None,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 seed: int = 0, columns=None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted output tokens (mean, sd) for every (query, model) of a split's World.
 
     Args:
@@ -93,14 +93,21 @@ def predict_grid(fit: TokenFit, rd: RoutingData, split: str, *, prior: dict[str,
       split: "train" | "val" | "test".
       prior: for models absent from the fit, model -> "family" (default) or "global".
       seed: key of the predictive draws.
+      columns: optional subset of the split's models (default all, in pivot order).
     Returns:
-      (mean (N, K), sd (N, K)) float64 in tokens, rows/columns in `pivot_index(rd.table, split)` order.
+      (mean (N, K), sd (N, K)) float64 in tokens, rows/columns in `pivot_index(rd.table, split)` order
+      (K = len(columns) when given, in that order).
     """
     import jax
 
     from hierarchical import predict
 
     prompt_ids, models = pivot_index(rd.table, split)
+    if columns is not None:
+        unknown = [m for m in columns if m not in models]
+        if unknown:
+            raise ValueError(f"predict_grid: models {unknown} are not in the {split} split")
+        models = list(columns)
     feats = _prompt_features(rd.table, prompt_ids)
     n, k = len(prompt_ids), len(models)
     fam_of = rd.table.groupby("model")["family"].first()

@@ -29,6 +29,7 @@ Standardisation is not done here: `Standardizer.fit` on the training rows, store
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from functools import lru_cache
@@ -148,6 +149,36 @@ def _has(rx: re.Pattern, text: str) -> float:
     return 1.0 if rx.search(text) else 0.0
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _text_features(text: str) -> np.ndarray:
+    """The text-only columns of one prompt (0 and 2, tokens and turns, are filled by the caller).
+
+    Cached: a run computes the features of the same prompts for every split, fit and world, and the
+    regular expressions dominate that cost. The returned array is read-only (it is shared).
+    """
+    out = np.zeros(len(FEATURE_NAMES), dtype=np.float32)
+    n_chars = max(len(text), 1)
+    n_non_ascii = sum(1 for c in text if ord(c) > 127)
+    out[1] = np.log1p(sum(1 for line in text.splitlines() if line.strip()))
+    out[3] = _has(_RE_CODE_BLOCK, text)
+    out[4] = _has(_RE_CODE, text)
+    out[5] = _has(_RE_MATH, text)
+    out[6] = _has(_RE_LIST, text)
+    out[7] = _has(_RE_HOW, text)
+    out[8] = _has(_RE_WHY, text)
+    out[9] = _has(_RE_WHAT, text)
+    out[10] = _has(_RE_WRITE, text)
+    out[11] = _has(_RE_EXPLAIN, text)
+    out[12] = _has(_RE_SHORT, text)
+    out[13] = _has(_RE_LONG, text)
+    out[14] = 1.0 if "?" in text else 0.0
+    out[15] = n_non_ascii / n_chars
+    out[16] = len(_RE_CJK.findall(text)) / n_chars
+    out[17] = sum(1 for c in text if c.isdigit()) / n_chars
+    out.setflags(write=False)
+    return out
+
+
 def query_features(
     prompts: Sequence[str],
     input_tokens: np.ndarray | None = None,
@@ -190,26 +221,7 @@ def query_features(
             bad = int(np.flatnonzero(~np.isfinite(turns) | (turns < 1))[0])
             raise ValueError(f"query_features: n_turns[{bad}] = {turns[bad]} is not a count >= 1")
 
-    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
-    for i, text in enumerate(texts):
-        n_chars = max(len(text), 1)
-        n_non_ascii = sum(1 for c in text if ord(c) > 127)
-        out[i, 1] = np.log1p(sum(1 for line in text.splitlines() if line.strip()))
-        out[i, 3] = _has(_RE_CODE_BLOCK, text)
-        out[i, 4] = _has(_RE_CODE, text)
-        out[i, 5] = _has(_RE_MATH, text)
-        out[i, 6] = _has(_RE_LIST, text)
-        out[i, 7] = _has(_RE_HOW, text)
-        out[i, 8] = _has(_RE_WHY, text)
-        out[i, 9] = _has(_RE_WHAT, text)
-        out[i, 10] = _has(_RE_WRITE, text)
-        out[i, 11] = _has(_RE_EXPLAIN, text)
-        out[i, 12] = _has(_RE_SHORT, text)
-        out[i, 13] = _has(_RE_LONG, text)
-        out[i, 14] = 1.0 if "?" in text else 0.0
-        out[i, 15] = n_non_ascii / n_chars
-        out[i, 16] = len(_RE_CJK.findall(text)) / n_chars
-        out[i, 17] = sum(1 for c in text if c.isdigit()) / n_chars
+    out = np.stack([_text_features(t) for t in texts]) if n else np.zeros((0, len(FEATURE_NAMES)), np.float32)
     out[:, 0] = np.log1p(tok)
     out[:, 2] = np.log(turns)
     return out
