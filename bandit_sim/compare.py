@@ -24,6 +24,8 @@ KERNEL_POLICIES: dict[str, tuple[str, dict, bool]] = {
     "thompson_contextual": ("contextual_thompson", {}, True),
     "thompson_warm": ("thompson", {"warm_prior": True}, True),
     "thompson_contextual_warm": ("contextual_thompson", {"warm_prior": True}, True),
+    # pure Thompson sampling (no forced-exploration floor): the posterior's own spread does the exploring
+    "thompson_contextual_warm_pure": ("contextual_thompson", {"warm_prior": True, "min_explore": 0.0}, True),
     "random": ("random", {}, False),
     "always_premium": ("always_premium", {}, False),
     "cheapest": ("cheapest", {}, False),
@@ -35,7 +37,7 @@ KERNEL_POLICIES: dict[str, tuple[str, dict, bool]] = {
     "oracle": ("oracle", {}, False),
 }
 THOMPSON_KEYS = ("thompson", "thompson_family_prior", "thompson_contextual", "thompson_warm",
-                 "thompson_contextual_warm")
+                 "thompson_contextual_warm", "thompson_contextual_warm_pure")
 WARM_STRENGTH = float("inf")  # pseudo-observation cap of the warm prior: inf = the whole training record
 
 
@@ -100,14 +102,34 @@ def warm_prior_from_train(rd, models, categories=None, strength: float = WARM_ST
 
 
 def _hyper_overrides(setup, extra: dict, contextual: bool = False) -> dict:
+    over = {name: v for name, v in extra.items() if name not in ("warm_prior", "family_prior")}  # Hyper fields
     if extra.get("warm_prior"):
         cats = setup.infos["test"].categories if contextual else None
         a, b = warm_prior_from_train(setup.data, setup.models, cats)
-        return {"prior_alpha": a, "prior_beta": b}
-    if extra.get("family_prior"):
+        over.update(prior_alpha=a, prior_beta=b)
+    elif extra.get("family_prior"):
         a, b = family_prior_from_train(setup.data, setup.models)
-        return {"prior_alpha": a, "prior_beta": b}
-    return {}
+        over.update(prior_alpha=a, prior_beta=b)
+    return over
+
+
+def select_thompson(chosen: dict, target: float) -> str:
+    """The Thompson variant a user would deploy, chosen on the validation split only.
+
+    Among the variants whose chosen lambda reaches the retention target on validation, the one with the largest
+    validation cost reduction; if none does, the one with the highest validation retention.
+
+    Args:
+      chosen: report key -> `select_lambda` result (validation figures).
+      target: the retention target.
+    Returns:
+      the report key.
+    """
+    keys = [k for k in THOMPSON_KEYS if k in chosen]
+    ok = [k for k in keys if chosen[k]["retention"] >= target]
+    if ok:
+        return max(ok, key=lambda k: chosen[k]["cost_reduction"])
+    return max(keys, key=lambda k: chosen[k]["retention"])
 
 
 def _ci(x: np.ndarray, seed: int) -> dict:
@@ -277,6 +299,18 @@ def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, to
             tests[n]["significant_holm_0.05"] = bool(r)
         sig[ts] = tests
 
+    best = select_thompson(chosen, target_retention)
+    bp = policies[best]
+    thompson_router = {
+        "selected": best, "selected_on": "validation split (largest cost reduction with retention >= target)",
+        "lam": chosen[best]["lam"], "val_retention": chosen[best]["retention"],
+        "val_cost_reduction": chosen[best]["cost_reduction"],
+        "quality_retention": bp["quality_retention"], "cost_reduction": bp["cost_reduction"],
+        "target": {"quality_retention": target_retention, "cost_reduction": 0.60},
+        "target_met": bool(bp["quality_retention"]["mean"] >= target_retention and bp["cost_reduction"]["mean"] >= 0.60),
+        "aiq": aiq.get(best), "aiq_beats_zero_router": bool(aiq.get(best, -1) > aiq["zero_router"]),
+        "aiq_beats_mf_router": bool(aiq.get(best, -1) > aiq["mf_router"]),
+    }
     result = {
         "command": cmd,
         "data": data,
@@ -291,6 +325,7 @@ def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, to
         "oracle": {"quality": q_orc, "cost_usd": float(stats["oracle"].cost_usd[0])},
         "target_retention": target_retention,
         "lambda_selection": chosen,
+        "thompson_router": thompson_router,
         "gamma": gam,
         "policies": policies,
         "aiq": {k2: v for k2, v in aiq.items()},
@@ -358,7 +393,8 @@ def _pair_metrics(setup, mf, i_strong, i_weak, eps, seed, gam) -> dict:
     for key, pol in (("thompson", "thompson"), ("thompson_contextual", "contextual_thompson"),
                      ("thompson_contextual_warm", "contextual_thompson")):
         over = _hyper_overrides(setup, KERNEL_POLICIES[key][1], contextual=pol == "contextual_thompson")
-        over = {name: np.asarray(v)[..., sel] for name, v in over.items()}  # the pair's columns of the priors
+        over = {name: (np.asarray(v)[..., sel] if name.startswith("prior_") else v)  # the pair's prior columns
+                for name, v in over.items()}
         m, _ = run_policy(w2, i2, pol, episodes=eps, seed=seed, gam=gam, grid={"lam": lams}, hyper_overrides=over)
         st = episode_stats(m, i2, q.shape[0])
         share = st.choices[..., 0].mean(-1) / q.shape[0]
@@ -445,8 +481,17 @@ def _report(r: dict, seconds: float) -> str:
         "`thompson_family_prior` gives each model a Beta prior from its family's other models on the training split; "
         "`thompson_contextual` keeps one posterior per query category; `thompson_warm` / "
         "`thompson_contextual_warm` start from the posterior after the training split (per category for the "
-        "contextual one). All keep the research defaults: exploration rate max(0.05, 0.95^t), utility "
-        "π − λ·cost − γ·uncertainty.", "",
+        "contextual one). All keep the research defaults, exploration rate max(0.05, 0.95^t) and utility "
+        "π − λ·cost − γ·uncertainty, except `thompson_contextual_warm_pure`: the warm contextual router as pure "
+        "Thompson sampling (exploration 0.95^t, no 0.05 floor), where the posterior's own spread explores.", "",
+        f"**Thompson router chosen on validation**: `{r['thompson_router']['selected']}` (λ = "
+        f"{r['thompson_router']['lam']:g}; validation retention {r['thompson_router']['val_retention']:.3f}, cost "
+        f"reduction {r['thompson_router']['val_cost_reduction']:.3f}). On test: retention "
+        f"{r['thompson_router']['quality_retention']['mean']:.3f}, cost reduction "
+        f"{r['thompson_router']['cost_reduction']['mean']:.3f}; target (≥ {r['target_retention']} at ≥ 0.60) "
+        f"{'met' if r['thompson_router']['target_met'] else 'NOT met'}; AIQ "
+        f"{fmt(r['thompson_router']['aiq'], 3)} vs Zero router {r['aiq']['zero_router']:.3f} and MF router "
+        f"{r['aiq']['mf_router']:.3f}.", "",
         "## Policies (test split, mean over episodes with bootstrap 95% CI)", "",
     ]
     rows = []

@@ -78,9 +78,13 @@ def _stage_compare(out: Path, seed: int, quick: bool) -> tuple[str, str, list[st
     argv = ["compare", "--data", "routerbench", "--episodes", str(eps), "--out", str(out), "--seed", str(seed)]
     r = run_compare("routerbench", out, episodes=eps, seed=seed, quick=quick,
                     argv=argv + (["--quick"] if quick else []))
-    heads = [f"{k}: quality retention {p['quality_retention']['mean']:.3f}, cost reduction "
-             f"{p['cost_reduction']['mean']:.3f} (λ = {p['lam']:g})" for k, p in r["policies"].items()
-             if k in ("thompson", "thompson_contextual_warm", "mf_router")]
+    tr = r["thompson_router"]
+    heads = [f"Thompson router chosen on validation: {tr['selected']} (λ = {tr['lam']:g}), test quality retention "
+             f"{tr['quality_retention']['mean']:.3f} at cost reduction {tr['cost_reduction']['mean']:.3f}: target "
+             f"(≥ 0.95 at ≥ 0.60) {'met' if tr['target_met'] else 'NOT met'}; AIQ {tr['aiq']:.3f}"]
+    heads += [f"{k}: quality retention {p['quality_retention']['mean']:.3f}, cost reduction "
+              f"{p['cost_reduction']['mean']:.3f} (λ = {p['lam']:g})" for k, p in r["policies"].items()
+              if k in ("thompson", "thompson_contextual_warm", "mf_router")]
     heads.append("AIQ: " + ", ".join(f"{k} {v:.3f}" for k, v in r["aiq"].items() if not k.startswith("_")))
     return "compare/report.md", "routing comparison on RouterBench (`bandit-sim compare`)", heads
 

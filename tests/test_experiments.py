@@ -114,6 +114,19 @@ def test_compare_quick_end_to_end_and_rerun_identical(tmp_path):
     assert (tmp_path / "a" / "report.md").read_text().count("png") >= 2
     assert r1["apgr"]["random"] == pytest.approx(0.5)
     assert r2["data"] == r1["data"]
+    tr = m1["thompson_router"]
+    assert tr["selected"] in m1["significance"] and tr["lam"] == m1["lambda_selection"][tr["selected"]]["lam"]
+    assert tr["quality_retention"] == m1["policies"][tr["selected"]]["quality_retention"]
+
+
+def test_thompson_router_is_chosen_on_validation_only():
+    from bandit_sim.compare import select_thompson
+
+    chosen = {"thompson": {"retention": 0.97, "cost_reduction": 0.2},
+              "thompson_warm": {"retention": 0.951, "cost_reduction": 0.5},
+              "thompson_contextual": {"retention": 0.94, "cost_reduction": 0.9}}
+    assert select_thompson(chosen, 0.95) == "thompson_warm"  # the best reduction among those reaching the target
+    assert select_thompson(chosen, 0.99) == "thompson"  # none reaches it: the highest retention
 
 
 @pytest.mark.slow
