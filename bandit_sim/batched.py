@@ -86,12 +86,9 @@ def _keep(token, x):
 
 
 def _mt_nan(d, c, x, log_u):
-    """Marsaglia-Tsang proposal (as sampling._mt_candidate): log v where accepted, NaN where rejected."""
-    y = c * x
-    w = y * (3.0 + y * (3.0 + y))
-    ok = y > -1.0
-    log_v = 3.0 * jnp.log1p(jnp.where(ok, y, 0.0))
-    return jnp.where(ok & (log_u < 0.5 * x * x + d * (log_v - w)), log_v, jnp.nan)
+    """Marsaglia-Tsang proposal (sampling._mt_candidate): log v where accepted, NaN where rejected."""
+    accept, log_v = sampling._mt_candidate(d, c, x, log_u)
+    return jnp.where(accept, log_v, jnp.nan)
 
 
 def _log_gammas(t, shapes, lanes, s0, s1):
