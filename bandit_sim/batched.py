@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from . import sampling
 from .kernel import Metrics, episode_order  # kernel imports this module lazily
-from .policies import _COIN_STREAM, _GAUSS_STREAM, Hyper, kahan_add
+from .policies import _COIN_STREAM, _GAUSS_STREAM, Hyper, _argmax, kahan_add
 from .world import World
 
 __all__ = ["supports", "run_episodes", "block_size"]
@@ -155,13 +155,6 @@ class _State(NamedTuple):
     last_above: jax.Array  # (E,) int32
 
 
-def _argmax0(x, rows):
-    """First index of the maximum along axis 0 (as policies._argmax)."""
-    k = x.shape[0]
-    m = jnp.max(x, 0, keepdims=True)
-    return jnp.min(jnp.where(x == m, rows, k), 0).clip(0, k - 1)
-
-
 def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_categories, gaussian, steps,
            chunk, reward_mode, conv_window) -> Metrics:
     """Episodes of one block (keys (E,)): Metrics with leaves (E, ...)."""
@@ -205,8 +198,8 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
         u = sampling.uniform_from_bits(sampling.threefry2x32(s0, s1, jnp.uint32(0), jnp.uint32(_COIN_STREAM))[0])
         g = sampling.uniform_from_bits(sampling.threefry2x32(s0, s1, lanes_g, jnp.uint32(_COIN_STREAM))[0])
         util = _keep(t, jnp.where(avail, pi - hyper.lam * pc - hyper.gam * pu, -jnp.inf))
-        greedy = _argmax0(util, rows)
-        rand = _argmax0(jnp.where(avail, _keep(t, g), -1.0), rows)
+        greedy = _argmax(util, axis=0)
+        rand = _argmax(jnp.where(avail, _keep(t, g), -1.0), axis=0)
         eps = jnp.maximum(hyper.min_explore, hyper.explore_decay ** t.astype(jnp.float32))
         arm = _keep(t, jnp.where(u < eps, rand, greedy))
         hot = rows == arm[None]  # (K, E)

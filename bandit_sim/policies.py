@@ -135,15 +135,16 @@ def _utility(pi, ctx: Context, hyper: Hyper):
     return jnp.where(ctx.avail, u, -jnp.inf)
 
 
-def _argmax(x):
-    """First index of the maximum along the last axis (np.argmax ties), as max + min-index.
+def _argmax(x, axis: int = -1):
+    """First index of the maximum along `axis` (np.argmax ties), as max + min-index.
 
     jnp.argmax lowers to a variadic (value, index) reduce that XLA:CPU runs slowly under vmap;
     two plain reductions fuse with their producers.
     """
-    m = jnp.max(x, -1, keepdims=True)
-    idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
-    return jnp.min(jnp.where(x == m, idx, x.shape[-1]), -1).clip(0, x.shape[-1] - 1)
+    n = x.shape[axis]
+    m = jnp.max(x, axis, keepdims=True)
+    idx = jax.lax.broadcasted_iota(jnp.int32, [n if a == axis % x.ndim else 1 for a in range(x.ndim)], axis % x.ndim)
+    return jnp.min(jnp.where(x == m, idx, n), axis).clip(0, n - 1)
 
 
 def _random_arm(g, avail):

@@ -29,7 +29,6 @@ Standardisation is not done here: `Standardizer.fit` on the training rows, store
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from functools import lru_cache
@@ -149,7 +148,7 @@ def _has(rx: re.Pattern, text: str) -> float:
     return 1.0 if rx.search(text) else 0.0
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 16)
 def _text_features(text: str) -> np.ndarray:
     """The text-only columns of one prompt (0 and 2, tokens and turns, are filled by the caller).
 
