@@ -107,8 +107,7 @@ def _log_gammas(t, shapes, lanes, s0, s1):
     """
     k = shapes[0].shape[0]
     rows = jnp.arange(k, dtype=jnp.int32)[:, None]
-    boosted = tuple(sh < sampling.BOOST_BELOW for sh in shapes)
-    ds = tuple(jnp.where(bo, sh + 1.0, sh) - 1.0 / 3.0 for sh, bo in zip(shapes, boosted))
+    boosted, ds = zip(*(sampling._mt_d(sh) for sh in shapes))
     cs = tuple(jax.lax.rsqrt(9.0 * d) for d in ds)
 
     def proposal(d, c, lane, j):
@@ -116,25 +115,27 @@ def _log_gammas(t, shapes, lanes, s0, s1):
         return _mt_nan(d, c, sampling.normal_from_bits(y0), sampling.log_uniform_from_bits(y1))
 
     vals = tuple(proposal(d, c, ln, jnp.uint32(0)) for d, c, ln in zip(ds, cs, lanes))
-    vals, ds, cs = _keep(t, (vals, ds, cs))
+    vals = _keep(t, vals)
 
     def pending(carry):
         return jnp.any(jnp.stack([jnp.any(jnp.isnan(v)) for v in carry[0]]))
 
     def next_proposal(carry):
-        # the first rejected arm of every episode (in each array) tries its next proposal
+        # the first rejected arm of every episode (in each array) tries its next proposal; j counts the
+        # proposals of that arm (it stays first until accepted, then the next rejected arm starts at 1)
         vals, js = carry
         out_v, out_j = [], []
-        for val, j, d, c, ln in zip(vals, js, ds, cs, lanes):
+        for val, j, sh, ln in zip(vals, js, shapes, lanes):
             first = jnp.min(jnp.where(jnp.isnan(val), rows, k), 0)  # (E,), k when none
             sel = rows == first[None]
-            pick = lambda a: jnp.sum(jnp.where(sel, a, jnp.zeros((), a.dtype)), 0)  # noqa: E731
-            v = _keep(t, proposal(pick(d), pick(c), pick(ln), pick(j)))
+            shp = jnp.sum(jnp.where(sel, sh, 0.0), 0)
+            d = sampling._mt_d(shp)[1]
+            v = _keep(t, proposal(d, jax.lax.rsqrt(9.0 * d), first.astype(jnp.uint32) + ln[0], j))
             out_v.append(jnp.where(sel, v[None], val))
-            out_j.append(j + sel.astype(jnp.uint32))
+            out_j.append(jnp.where(jnp.isnan(v), j + jnp.uint32(1), jnp.uint32(1)))
         return tuple(out_v), tuple(out_j)
 
-    js = tuple(jnp.ones(d.shape, jnp.uint32) for d in ds)
+    js = tuple(jnp.ones(d.shape[1:], jnp.uint32) for d in ds)
     vals, _ = jax.lax.while_loop(pending, next_proposal, (vals, js))
     out = []
     for sh, bo, d, val, ln in zip(shapes, boosted, ds, vals, lanes):
@@ -167,8 +168,9 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
     m = world.mask.astype(jnp.float32)
     qbar = jnp.sum(world.quality * m, 0) / jnp.maximum(jnp.sum(m, 0), 1.0)
     mu_all = qbar - hyper.lam * world.pred_cost - hyper.gam * world.pred_unc  # as kernel._episode
-    cols = dict(mask=world.mask.T, pc=world.pred_cost.T, pu=world.pred_unc.T, q=world.quality.T,
-                cost=world.cost.T, mu=mu_all.T)  # (K, N): a chunk's rows are gathered as (K, n, E)
+    cols = dict(mask=world.mask.T, pc=world.pred_cost.T, pu=world.pred_unc.T, mu=mu_all.T)  # (K, N): a
+    # chunk's rows are gathered as (K, n, E); the chosen arm's quality and cost are read per step (E,)
+    q_flat, cost_flat = world.quality.reshape(-1), world.cost.reshape(-1)
     lanes_x = jnp.arange(k, dtype=jnp.uint32)[:, None]
     lanes_y = lanes_x + jnp.uint32(k)
     lanes_g = lanes_x + jnp.uint32(1)
@@ -178,7 +180,7 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
     not_self = ~jnp.eye(k, dtype=bool)
 
     def step(st: _State, x):
-        t, s0, s1, u_r, cat, avail, pc, pu, qual, cost, mu, best = x
+        t, s0, s1, u_r, cat, qi, avail, pc, pu, mu, best = x
         s0, s1 = _keep(t, (s0, s1))
         if contextual:
             hot_c = cat_rows == cat[None, None]  # (C, 1, E)
@@ -194,7 +196,7 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
             pi = _keep(t, sampling.beta_gaussian(z, a, b))
         else:
             gx, gy = _log_gammas(t, (a, b), (lanes_x, lanes_y), s0, s1)
-            pi = _keep(t, jax.nn.sigmoid(gx - gy))
+            pi = jax.nn.sigmoid(gx - gy)
         u = sampling.uniform_from_bits(sampling.threefry2x32(s0, s1, jnp.uint32(0), jnp.uint32(_COIN_STREAM))[0])
         g = sampling.uniform_from_bits(sampling.threefry2x32(s0, s1, lanes_g, jnp.uint32(_COIN_STREAM))[0])
         util = _keep(t, jnp.where(avail, pi - hyper.lam * pc - hyper.gam * pu, -jnp.inf))
@@ -203,8 +205,8 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
         eps = jnp.maximum(hyper.min_explore, hyper.explore_decay ** t.astype(jnp.float32))
         arm = _keep(t, jnp.where(u < eps, rand, greedy))
         hot = rows == arm[None]  # (K, E)
-        q = jnp.sum(jnp.where(hot, qual, 0.0), 0)
-        c_arm = jnp.sum(jnp.where(hot, cost, 0.0), 0)
+        q = q_flat[qi * k + arm]
+        c_arm = cost_flat[qi * k + arm]
         mu_arm = jnp.sum(jnp.where(hot, mu, 0.0), 0)
         r = (u_r < q).astype(jnp.float32) if reward_mode == "bernoulli" else q
         inst = best - mu_arm
@@ -247,8 +249,8 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
         avail = take(cols["mask"]) & (world.arrival_step[None, :, None] <= ts[:, None, None])
         mu = take(cols["mu"])
         best = jnp.max(jnp.where(avail, mu, -jnp.inf), 1)
-        xs = (ts, seeds[:, :, 0].T, seeds[:, :, 1].T, u_r, world.category[idx], avail, take(cols["pc"]),
-              take(cols["pu"]), take(cols["q"]), take(cols["cost"]), mu, best)
+        xs = (ts, seeds[:, :, 0].T, seeds[:, :, 1].T, u_r, world.category[idx], idx, avail, take(cols["pc"]),
+              take(cols["pu"]), mu, best)
         return jax.lax.scan(lambda st, i: (step(st, jax.tree.map(lambda a: a[i], xs)), None), st,
                             jnp.arange(n, dtype=jnp.int32))[0]
 

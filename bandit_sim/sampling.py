@@ -163,6 +163,13 @@ def gamma_candidate(seed: jax.Array, shape: tuple[int, ...], j) -> tuple[jax.Arr
     return normal_from_bits(y0), log_uniform_from_bits(y1)
 
 
+def _mt_d(s):
+    """(boosted, d) of Marsaglia-Tsang for gamma shapes s: shapes below BOOST_BELOW are sampled as
+    Gamma(s + 1) * U^(1/s), and d = (boosted shape) - 1/3."""
+    boosted = s < BOOST_BELOW
+    return boosted, jnp.where(boosted, s + 1.0, s) - 1.0 / 3.0
+
+
 def _mt_candidate(d, c, x, log_u):
     """One Marsaglia-Tsang proposal: returns (accepted, log(d v))."""
     y = c * x
@@ -239,8 +246,7 @@ def log_gamma_from_noise(shape_param: jax.Array, noise: GammaNoise, seed: jax.Ar
                          f"(n_candidates, *{s.shape})")
     # Gamma(s) = Gamma(s + 1) * U^(1/s) holds for every s > 0; boosting small shapes raises the
     # acceptance rate (0.95 at shape 1, 0.99 at shape 4) so the fallback loop is rarely entered.
-    boosted = s < BOOST_BELOW
-    d = jnp.where(boosted, s + 1.0, s) - 1.0 / 3.0
+    boosted, d = _mt_d(s)
     c = jax.lax.rsqrt(9.0 * d)
     n_candidates = noise.x.shape[0]
     val = jnp.zeros_like(d)
