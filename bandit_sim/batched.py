@@ -117,26 +117,29 @@ def _log_gammas(t, shapes, lanes, s0, s1):
     vals = tuple(proposal(d, c, ln, jnp.uint32(0)) for d, c, ln in zip(ds, cs, lanes))
     vals = _keep(t, vals)
 
-    def pending(carry):
-        return jnp.any(jnp.stack([jnp.any(jnp.isnan(v)) for v in carry[0]]))
+    def first_rejected(val):  # (E,) row of the first rejected arm of every episode, k when none
+        return jnp.min(jnp.where(jnp.isnan(val), rows, k), 0)
 
     def next_proposal(carry):
         # the first rejected arm of every episode (in each array) tries its next proposal; j counts the
         # proposals of that arm (it stays first until accepted, then the next rejected arm starts at 1)
-        vals, js = carry
-        out_v, out_j = [], []
-        for val, j, sh, ln in zip(vals, js, shapes, lanes):
-            first = jnp.min(jnp.where(jnp.isnan(val), rows, k), 0)  # (E,), k when none
+        vals, js, firsts = carry
+        out_v, out_j, out_f = [], [], []
+        for val, j, first, sh, ln in zip(vals, js, firsts, shapes, lanes):
             sel = rows == first[None]
-            shp = jnp.sum(jnp.where(sel, sh, 0.0), 0)
-            d = sampling._mt_d(shp)[1]
+            d = sampling._mt_d(jnp.sum(jnp.where(sel, sh, 0.0), 0))[1]
             v = _keep(t, proposal(d, jax.lax.rsqrt(9.0 * d), first.astype(jnp.uint32) + ln[0], j))
-            out_v.append(jnp.where(sel, v[None], val))
+            val = jnp.where(sel, v[None], val)
+            out_v.append(val)
             out_j.append(jnp.where(jnp.isnan(v), j + jnp.uint32(1), jnp.uint32(1)))
-        return tuple(out_v), tuple(out_j)
+            out_f.append(first_rejected(val))
+        return tuple(out_v), tuple(out_j), tuple(out_f)
+
+    def pending(carry):
+        return jnp.any(jnp.stack([jnp.any(f < k) for f in carry[2]]))
 
     js = tuple(jnp.ones(d.shape[1:], jnp.uint32) for d in ds)
-    vals, _ = jax.lax.while_loop(pending, next_proposal, (vals, js))
+    vals, _, _ = jax.lax.while_loop(pending, next_proposal, (vals, js, tuple(first_rejected(v) for v in vals)))
     out = []
     for sh, bo, d, val, ln in zip(shapes, boosted, ds, vals, lanes):
         b0, _ = sampling.threefry2x32(s0, s1, ln, jnp.uint32(sampling.BOOST_STREAM))
@@ -180,7 +183,7 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
     not_self = ~jnp.eye(k, dtype=bool)
 
     def step(st: _State, x):
-        t, s0, s1, u_r, cat, qi, avail, pc, pu, mu, best = x
+        t, s0, s1, u_r, cat, qi, best, avail, pc, pu, mu = x
         s0, s1 = _keep(t, (s0, s1))
         if contextual:
             hot_c = cat_rows == cat[None, None]  # (C, 1, E)
@@ -245,13 +248,14 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
             u_r = jnp.zeros((n, e), jnp.float32)
         ts = c * chunk + jnp.arange(n, dtype=jnp.int32)
         idx = jax.lax.dynamic_slice_in_dim(order, c * chunk, n)  # (n, E)
-        take = lambda a: jnp.take(a, idx, axis=1).transpose(1, 0, 2)  # noqa: E731  (n, K, E)
-        avail = take(cols["mask"]) & (world.arrival_step[None, :, None] <= ts[:, None, None])
+        take = lambda a: jnp.take(a, idx, axis=1)  # noqa: E731  (K, n, E): step i reads [:, i]
+        avail = take(cols["mask"]) & (world.arrival_step[:, None, None] <= ts[None, :, None])
         mu = take(cols["mu"])
-        best = jnp.max(jnp.where(avail, mu, -jnp.inf), 1)
-        xs = (ts, seeds[:, :, 0].T, seeds[:, :, 1].T, u_r, world.category[idx], idx, avail, take(cols["pc"]),
-              take(cols["pu"]), mu, best)
-        return jax.lax.scan(lambda st, i: (step(st, jax.tree.map(lambda a: a[i], xs)), None), st,
+        best = jnp.max(jnp.where(avail, mu, -jnp.inf), 0)
+        xs = (ts, seeds[:, :, 0].T, seeds[:, :, 1].T, u_r, world.category[idx], idx, best)
+        per_arm = (avail, take(cols["pc"]), take(cols["pu"]), mu)
+        return jax.lax.scan(lambda st, i: (step(st, jax.tree.map(lambda a: a[i], xs)
+                                                + jax.tree.map(lambda a: a[:, i], per_arm)), None), st,
                             jnp.arange(n, dtype=jnp.int32))[0]
 
     def prior(p):

@@ -116,12 +116,14 @@ def _bench(out: Path, quick: bool) -> dict:
     print(json.dumps(rows[-1]), flush=True)
 
     e_vec = 64 if quick else 1024
-    t = time.perf_counter()
-    thompson_vectorized(w, h, e_vec, steps, seed=0)
-    dt = time.perf_counter() - t
+    dt = np.inf
+    for r in range(1 if quick else 2):  # best of 2, as the JAX rows are best of 2-3
+        t = time.perf_counter()
+        thompson_vectorized(w, h, e_vec, steps, seed=r)
+        dt = min(dt, time.perf_counter() - t)
     rows.append(dict(impl="numpy_vectorized", episodes=e_vec, grid=None, steps=steps, devices=1,
                      decisions=e_vec * steps, seconds=dt, decisions_per_s=e_vec * steps / dt, compile_s=0.0,
-                     peak_rss_mb=_rss_mb(), note="vectorized over episodes, exact Generator.beta"))
+                     peak_rss_mb=_rss_mb(), note="vectorized over episodes, exact Generator.beta; best of 2 runs"))
     print(json.dumps(rows[-1]), flush=True)
 
     try:
@@ -173,7 +175,7 @@ def _bench(out: Path, quick: bool) -> dict:
     lines += ["", "jax_exact_beta is `simulate`'s default path for Thompson (hand-batched over episodes, "
               "bandit_sim/batched.py); jax_exact_beta_vmapped is the same episodes through the one-episode step "
               "vmapped over episodes (`impl=\"generic\"`, the path of every other policy). Decisions/s exclude "
-              "compilation (its own column) and are the best of 2-3 runs.",
+              "compilation (its own column) and are the best of 2-3 runs (NumPy vectorized: best of 2).",
               "", f"jax / numpy vectorized: {res['ratios']['jax_over_numpy_vectorized']:.2f}; "
               f"jax / numpy loop: {res['ratios']['jax_over_numpy_loop']:.1f} ({res['ratios']['basis']})."]
     _atomic_write(out / "bench.md", "\n".join(lines) + "\n")
