@@ -9,14 +9,18 @@ consumer. This module computes the same episodes, draw for draw, for the two Tho
 - every per-step array is (K, E_block) with the episodes on the minor, contiguous axis, so each
   elementwise pass (hash, inverse-CDF normal, Marsaglia-Tsang test) is one vectorized loop and the
   reductions over arms (argmax, one-hot reads) are elementwise across rows;
-- the gammas X and Y of each Beta are two separate (K, E) arrays (no concatenate or slice inside a
-  fusion, which stops LLVM from vectorizing it);
+- the gammas X and Y of each Beta are one stacked (2, K, E) array: one proposal pass and one
+  combine pass for both (half the large fusions to compile), and the stack is on the major axis;
 - a rejected proposal is encoded as NaN in the one output of the proposal pass, so the hash is not
   computed once for "accepted?" and again for "value";
-- the few rejected lanes (about 1 in 20) continue in a loop that, per iteration, takes the first
-  rejected arm of every episode: O(E) work per iteration instead of O(K E);
+- the few rejected lanes (1-2 in 100 once shapes are boosted) continue in a loop that, per
+  iteration, takes the first rejected arm of every episode: O(E) work per iteration instead of
+  O(K E); the loop carries those rows, so an iteration reduces over the arms once;
 - on CPU, values read by several consumers are materialised behind a ``lax.cond`` on a predicate XLA
   cannot fold (`_keep`), so they are computed once (``optimization_barrier`` is stripped on XLA:CPU);
+  the Beta draws themselves are not (they fuse into the utility, their one consumer);
+- a chunk's rows are gathered once as (K, n, E) and step i reads [:, i]; the chosen arm's quality
+  and cost are read per step as (E,);
 - episodes are run in blocks of `block_size` per device (``lax.map``), so a block's working set
   stays in cache.
 
@@ -92,59 +96,45 @@ def _mt_nan(d, c, x, log_u):
 
 
 def _log_gammas(t, shapes, lanes, s0, s1):
-    """Exact log Gamma(shape) for several (K, E) lane arrays, as sampling.log_gamma_from_noise.
+    """Exact log Gamma(shape) for a stack of (K, E) lane arrays, as sampling.log_gamma_from_noise.
 
     Same stream as the generic sampler: proposal j of lane i is threefry2x32(seed, (i, j)), tried in
     order until one is accepted; the boost uniform is threefry2x32(seed, (i, BOOST_STREAM)).
 
     Args:
       t: () int32 step (the `_keep` token).
-      shapes: tuple of (K, E) float32 gamma shapes (the X and Y of a Beta).
-      lanes: tuple of (K, 1) uint32 lane ids of each array in the seed's stream.
+      shapes: (M, K, E) float32 gamma shapes (M = 2: the X and Y of a Beta).
+      lanes: (M, K, 1) uint32 lane ids of each array in the seed's stream.
       s0, s1: (E,) uint32 seed words of the step.
     Returns:
-      tuple of (K, E) float32 log gamma draws.
+      (M, K, E) float32 log gamma draws.
     """
-    k = shapes[0].shape[0]
-    rows = jnp.arange(k, dtype=jnp.int32)[:, None]
-    boosted, ds = zip(*(sampling._mt_d(sh) for sh in shapes))
-    cs = tuple(jax.lax.rsqrt(9.0 * d) for d in ds)
+    k = shapes.shape[1]
+    rows = jnp.arange(k, dtype=jnp.int32)[None, :, None]
+    boosted, d = sampling._mt_d(shapes)
 
-    def proposal(d, c, lane, j):
+    def proposal(d, lane, j):
         y0, y1 = sampling.threefry2x32(s0, s1, lane, j)
-        return _mt_nan(d, c, sampling.normal_from_bits(y0), sampling.log_uniform_from_bits(y1))
+        return _mt_nan(d, jax.lax.rsqrt(9.0 * d), sampling.normal_from_bits(y0), sampling.log_uniform_from_bits(y1))
 
-    vals = tuple(proposal(d, c, ln, jnp.uint32(0)) for d, c, ln in zip(ds, cs, lanes))
-    vals = _keep(t, vals)
-
-    def first_rejected(val):  # (E,) row of the first rejected arm of every episode, k when none
-        return jnp.min(jnp.where(jnp.isnan(val), rows, k), 0)
+    def first_rejected(val):  # (M, E) row of the first rejected arm of every episode, k when none
+        return jnp.min(jnp.where(jnp.isnan(val), rows, k), 1)
 
     def next_proposal(carry):
         # the first rejected arm of every episode (in each array) tries its next proposal; j counts the
         # proposals of that arm (it stays first until accepted, then the next rejected arm starts at 1)
-        vals, js, firsts = carry
-        out_v, out_j, out_f = [], [], []
-        for val, j, first, sh, ln in zip(vals, js, firsts, shapes, lanes):
-            sel = rows == first[None]
-            d = sampling._mt_d(jnp.sum(jnp.where(sel, sh, 0.0), 0))[1]
-            v = _keep(t, proposal(d, jax.lax.rsqrt(9.0 * d), first.astype(jnp.uint32) + ln[0], j))
-            val = jnp.where(sel, v[None], val)
-            out_v.append(val)
-            out_j.append(jnp.where(jnp.isnan(v), j + jnp.uint32(1), jnp.uint32(1)))
-            out_f.append(first_rejected(val))
-        return tuple(out_v), tuple(out_j), tuple(out_f)
+        val, j, first = carry
+        sel = rows == first[:, None]
+        v = _keep(t, proposal(sampling._mt_d(jnp.sum(jnp.where(sel, shapes, 0.0), 1))[1],
+                              first.astype(jnp.uint32) + lanes[:, 0], j))
+        val = jnp.where(sel, v[:, None], val)
+        return val, jnp.where(jnp.isnan(v), j + jnp.uint32(1), jnp.uint32(1)), first_rejected(val)
 
-    def pending(carry):
-        return jnp.any(jnp.stack([jnp.any(f < k) for f in carry[2]]))
-
-    js = tuple(jnp.ones(d.shape[1:], jnp.uint32) for d in ds)
-    vals, _, _ = jax.lax.while_loop(pending, next_proposal, (vals, js, tuple(first_rejected(v) for v in vals)))
-    out = []
-    for sh, bo, d, val, ln in zip(shapes, boosted, ds, vals, lanes):
-        b0, _ = sampling.threefry2x32(s0, s1, ln, jnp.uint32(sampling.BOOST_STREAM))
-        out.append(jnp.log(d) + val + jnp.where(bo, sampling.log_uniform_from_bits(b0) / sh, 0.0))
-    return tuple(out)
+    val = _keep(t, proposal(d, lanes, jnp.uint32(0)))
+    carry = (val, jnp.ones(first_rejected(val).shape, jnp.uint32), first_rejected(val))
+    val = jax.lax.while_loop(lambda c: jnp.any(c[2] < k), next_proposal, carry)[0]
+    b0, _ = sampling.threefry2x32(s0, s1, lanes, jnp.uint32(sampling.BOOST_STREAM))
+    return jnp.log(d) + val + jnp.where(boosted, sampling.log_uniform_from_bits(b0) / shapes, 0.0)
 
 
 class _State(NamedTuple):
@@ -175,7 +165,7 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
     # chunk's rows are gathered as (K, n, E); the chosen arm's quality and cost are read per step (E,)
     q_flat, cost_flat = world.quality.reshape(-1), world.cost.reshape(-1)
     lanes_x = jnp.arange(k, dtype=jnp.uint32)[:, None]
-    lanes_y = lanes_x + jnp.uint32(k)
+    lanes_xy = jnp.stack([lanes_x, lanes_x + jnp.uint32(k)])  # (2, K, 1)
     lanes_g = lanes_x + jnp.uint32(1)
     rows = jnp.arange(k, dtype=jnp.int32)[:, None]
     cat_rows = jnp.arange(n_rows, dtype=jnp.int32)[:, None, None]
@@ -198,7 +188,7 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
             z = sampling.normal_from_bits(sampling.threefry2x32(s0, s1, lanes_x, jnp.uint32(_GAUSS_STREAM))[0])
             pi = _keep(t, sampling.beta_gaussian(z, a, b))
         else:
-            gx, gy = _log_gammas(t, (a, b), (lanes_x, lanes_y), s0, s1)
+            gx, gy = _log_gammas(t, jnp.stack([a, b]), lanes_xy, s0, s1)
             pi = jax.nn.sigmoid(gx - gy)
         u = sampling.uniform_from_bits(sampling.threefry2x32(s0, s1, jnp.uint32(0), jnp.uint32(_COIN_STREAM))[0])
         g = sampling.uniform_from_bits(sampling.threefry2x32(s0, s1, lanes_g, jnp.uint32(_COIN_STREAM))[0])
