@@ -45,7 +45,7 @@ def _world(quick: bool):
     return w, info
 
 
-def _jax_row(w, hyper, episodes, steps, devices, options, repeats, label, grid=None, impl="auto"):
+def _jax_row(w, hyper, episodes, steps, devices, options, repeats, label, grid=None, impl="auto", keep=None):
     import jax
 
     from .kernel import lower_simulate
@@ -61,6 +61,8 @@ def _jax_row(w, hyper, episodes, steps, devices, options, repeats, label, grid=N
         t = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         best = min(best, time.perf_counter() - t)
+    if keep is not None:  # the compiled run, for the paired timing against NumPy
+        keep[(episodes, devices)] = (compiled, args)
     g = 1 if grid is None else grid[0] * grid[1]
     return dict(impl=label, episodes=episodes, grid=grid, steps=steps, devices=devices,
                 decisions=episodes * g * steps, seconds=best, decisions_per_s=episodes * g * steps / best,
@@ -82,12 +84,13 @@ def _bench(out: Path, quick: bool) -> dict:
     e_list = [1, 64] if quick else [1, 1024, 8192]
     n_dev = len(jax.local_devices())
     rows = []
+    kept = {}
     exact = {"sampler": "exact", "n_candidates": 3}
     for e in e_list:
         for d in sorted({1, n_dev}):
             if e % d or (e == 1 and d > 1):
                 continue
-            rows.append(_jax_row(w, h, e, steps, d, exact, 2 if e >= 8192 else 5, "jax_exact_beta"))
+            rows.append(_jax_row(w, h, e, steps, d, exact, 2 if e >= 8192 else 5, "jax_exact_beta", keep=kept))
             print(json.dumps(rows[-1]), flush=True)
     # the same kernel vmapped over episodes (the generic path every other policy takes), for comparison
     rows.append(_jax_row(w, h, e_list[1], steps, n_dev, exact, 2, "jax_exact_beta_vmapped", impl="generic"))
@@ -116,15 +119,29 @@ def _bench(out: Path, quick: bool) -> dict:
                      peak_rss_mb=_rss_mb(), note="per-step Python loop, Generator.beta; extrapolated per decision"))
     print(json.dumps(rows[-1]), flush=True)
 
+    # NumPy vectorized, timed in pairs with the JAX run at the same E (its faster device count): a
+    # JAX run, then a NumPy run, n_pairs times, so both see the same machine state (this VM's speed
+    # drifts by 10-30% over minutes); the ratio is best JAX over best NumPy of these pairs.
     e_vec = 64 if quick else 1024
-    dt = np.inf
-    for r in range(1 if quick else 3):  # best of 3, as the JAX rows are best of 2-5
+    n_pairs = 1 if quick else 3
+    d_vec = max((d for (e, d) in kept if e == e_vec),
+                key=lambda d: max(r["decisions_per_s"] for r in rows
+                                  if r["impl"] == "jax_exact_beta" and r["episodes"] == e_vec and r["devices"] == d))
+    compiled, args = kept[(e_vec, d_vec)]
+    tj = tn = np.inf
+    for r in range(n_pairs):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        tj = min(tj, time.perf_counter() - t)
         t = time.perf_counter()
         thompson_vectorized(w, h, e_vec, steps, seed=r)
-        dt = min(dt, time.perf_counter() - t)
+        tn = min(tn, time.perf_counter() - t)
     rows.append(dict(impl="numpy_vectorized", episodes=e_vec, grid=None, steps=steps, devices=1,
-                     decisions=e_vec * steps, seconds=dt, decisions_per_s=e_vec * steps / dt, compile_s=0.0,
-                     peak_rss_mb=_rss_mb(), note="vectorized over episodes, exact Generator.beta; best of 3 runs"))
+                     decisions=e_vec * steps, seconds=tn, decisions_per_s=e_vec * steps / tn, compile_s=0.0,
+                     peak_rss_mb=_rss_mb(), note=f"vectorized over episodes, exact Generator.beta; best of {n_pairs} "
+                                                 "runs, each after a JAX run (paired)"))
+    paired = dict(pairs=n_pairs, episodes=e_vec, jax_devices=d_vec, jax_decisions_per_s=e_vec * steps / tj,
+                  numpy_decisions_per_s=e_vec * steps / tn)
     print(json.dumps(rows[-1]), flush=True)
 
     try:
@@ -152,7 +169,6 @@ def _bench(out: Path, quick: bool) -> dict:
              and ((r["grid"] is not None) == grid)]
         return max(c) if c else float("nan")
 
-    jax_vec = best("jax_exact_beta", e_vec)
     jax_big = best("jax_exact_beta", e_list[-1])
     res = dict(
         device=str(jax.devices()[0].device_kind) + f" x{n_dev} ({platform.processor() or platform.machine()}, "
@@ -160,10 +176,12 @@ def _bench(out: Path, quick: bool) -> dict:
         jax_version=jax.__version__, numpy_version=np.__version__, dtype="float32",
         shapes=dict(N=int(w.quality.shape[0]), K=k, T=steps, world="routerbench test split"),
         threefry_partitionable=False, quick=quick, rows=rows,
-        ratios=dict(jax_over_numpy_vectorized=jax_vec / best("numpy_vectorized"),
+        ratios=dict(jax_over_numpy_vectorized=paired["jax_decisions_per_s"] / paired["numpy_decisions_per_s"],
                     jax_over_numpy_loop=jax_big / best("numpy_loop"),
-                    basis=f"JAX exact-Beta at E={e_vec} (best device count) vs NumPy vectorized at E={e_vec}; "
-                          f"JAX at E={e_list[-1]} vs the NumPy per-step loop"),
+                    paired=paired,
+                    basis=f"JAX exact-Beta at E={e_vec} ({d_vec} devices) vs NumPy vectorized at E={e_vec}, timed "
+                          f"alternately ({n_pairs} pairs, best of each); JAX at E={e_list[-1]} vs the NumPy per-step "
+                          "loop"),
     )
     _atomic_write(out / "bench.json", json.dumps(res, indent=2))
     lines = [f"# Routing-kernel throughput ({res['device']}, jax {res['jax_version']}, float32, "
@@ -176,8 +194,9 @@ def _bench(out: Path, quick: bool) -> dict:
     lines += ["", "jax_exact_beta is `simulate`'s default path for Thompson (hand-batched over episodes, "
               "bandit_sim/batched.py); jax_exact_beta_vmapped is the same episodes through the one-episode step "
               "vmapped over episodes (`impl=\"generic\"`, the path of every other policy). Decisions/s exclude "
-              "compilation (its own column); JAX rows are the best of 1-5 runs after one untimed warm-up run, NumPy vectorized "
-              "the best of 3 runs.",
+              "compilation (its own column); JAX rows are the best of 1-5 runs after one untimed warm-up run. NumPy "
+              "vectorized is timed alternately with the JAX row at the same E (best of "
+              f"{paired['pairs']} each); in those pairs JAX ran at {paired['jax_decisions_per_s']:.3g} decisions/s.",
               "", f"jax / numpy vectorized: {res['ratios']['jax_over_numpy_vectorized']:.2f}; "
               f"jax / numpy loop: {res['ratios']['jax_over_numpy_loop']:.1f} ({res['ratios']['basis']})."]
     _atomic_write(out / "bench.md", "\n".join(lines) + "\n")
