@@ -4,7 +4,9 @@ Every chunk of `chunk_cells` grid cells is one call of the same compiled kernel 
 so chunks never recompile; the last chunk is padded with copies of its last cell). After each chunk the results
 so far are written atomically to DIR/checkpoint.npz together with the sweep's configuration; a rerun with the same
 configuration resumes after the last finished chunk, and one with a different configuration is refused (nothing
-finished is overwritten).
+finished is overwritten). The configuration includes a fingerprint of the package's code: a checkpoint left by other
+code (say an interrupted run before an upgrade) could hold different episodes, so it is moved aside to
+checkpoint-<its fingerprint>.npz with a warning and the sweep starts afresh.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +73,16 @@ def _save_checkpoint(path: Path, cfg: dict, done: np.ndarray, arrays: dict) -> N
     atomic_savez(path, {"config": np.array(json.dumps(cfg, sort_keys=True)), "done": done, **arrays})
 
 
+def _code_fingerprint() -> str:
+    """sha256 (first 16 hex digits) of the bandit_sim and hierarchical sources: what computes a sweep's cells."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for pkg in ("bandit_sim", "hierarchical"):
+        for f in sorted((root / pkg).glob("*.py")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _load_checkpoint(path: Path, cfg: dict):
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -77,6 +90,12 @@ def _load_checkpoint(path: Path, cfg: dict):
             data = {k: z[k] for k in z.files if k not in ("config",)}
     except Exception as exc:  # truncated / not an npz
         raise ValueError(f"{path}: unreadable sweep checkpoint ({exc}); move it away to start afresh") from exc
+    if saved != cfg and {k: v for k, v in saved.items() if k != "code"} == {k: v for k, v in cfg.items() if k != "code"}:
+        stale = path.with_name(f"checkpoint-{saved.get('code', 'unknown')}.npz")
+        path.replace(stale)
+        warnings.warn(f"{path} was written by other code (fingerprint {saved.get('code')}, now {cfg['code']}); "
+                      f"moved it to {stale.name} and starting the sweep afresh", stacklevel=3)
+        return None
     if saved != cfg:
         diff = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k))
         raise ValueError(f"{path} belongs to a different sweep (differs in {diff}); use another --out "
@@ -101,7 +120,8 @@ def run_sweep(data: str, out: Path, lams: np.ndarray, gams: np.ndarray, *, episo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"data": getattr(data, "name", data), "lams": lams.tolist(), "gams": gams.tolist(), "episodes": int(episodes), "seed": int(seed),
-           "tokens": tokens, "chunk_cells": int(chunk_cells), "policy": policy, "quick": bool(quick)}
+           "tokens": tokens, "chunk_cells": int(chunk_cells), "policy": policy, "quick": bool(quick),
+           "code": _code_fingerprint()}
     ckpt = out / "checkpoint.npz"
     setup = prepare(data, seed=seed, tokens=tokens, quick=quick, splits=("test",))
     wt, it = setup.worlds["test"], setup.infos["test"]
@@ -111,8 +131,8 @@ def run_sweep(data: str, out: Path, lams: np.ndarray, gams: np.ndarray, *, episo
     n_cells = cells_lam.size
     n_chunks = -(-n_cells // chunk_cells)
     fields = ("quality", "cost_usd", "regret", "convergence")
-    if ckpt.exists():
-        saved = _load_checkpoint(ckpt, cfg)
+    saved = _load_checkpoint(ckpt, cfg) if ckpt.exists() else None
+    if saved is not None:
         done = saved["done"].astype(bool)
         arrays = {f: saved[f] for f in fields}
     else:

@@ -91,6 +91,20 @@ def test_sweep_resumes_from_checkpoint_with_identical_results(tmp_path):
     assert (tmp_path / "full" / "heatmaps.png").exists() and (tmp_path / "full" / "pareto.png").exists()
 
 
+def test_sweep_checkpoint_from_other_code_is_moved_aside(tmp_path, monkeypatch):
+    import bandit_sim.sweep as sweep_mod
+
+    rd = _small_synthetic()
+    lams, gams = parse_range("0:1:3", "lam"), parse_range("0,0.5", "gam")
+    kw = dict(episodes=4, seed=3, tokens="standin", chunk_cells=2, progress=False)
+    monkeypatch.setattr(sweep_mod, "_code_fingerprint", lambda: "oldcode")
+    assert run_sweep(rd, tmp_path, lams, gams, stop_after_chunks=1, **kw)["interrupted"]
+    monkeypatch.setattr(sweep_mod, "_code_fingerprint", lambda: "newcode")
+    with pytest.warns(UserWarning, match="other code"):
+        fresh = run_sweep(rd, tmp_path, lams, gams, **kw)
+    assert fresh["resumed_chunks"] == 0 and (tmp_path / "checkpoint-oldcode.npz").exists()
+
+
 @pytest.mark.slow
 def test_compare_quick_end_to_end_and_rerun_identical(tmp_path):
     from bandit_sim.compare import run_compare
