@@ -13,7 +13,7 @@ consumer. This module computes the same episodes, draw for draw, for the two Tho
   combine pass for both (half the large fusions to compile), and the stack is on the major axis;
 - a rejected proposal is encoded as NaN in the one output of the proposal pass, so the hash is not
   computed once for "accepted?" and again for "value";
-- the few rejected lanes (1-2 in 100 once shapes are boosted) continue in a loop that, per
+- the few rejected lanes (0.5-5 in 100, by shape; shapes below 4 are boosted) continue in a loop that, per
   iteration, takes the first rejected arm of every episode: O(E) work per iteration instead of
   O(K E); the loop carries those rows, so an iteration reduces over the arms once;
 - on CPU, values read by several consumers are materialised behind a ``lax.cond`` on a predicate XLA
