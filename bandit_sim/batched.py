@@ -13,7 +13,8 @@ consumer. This module computes the same episodes, draw for draw, for the two Tho
   combine pass for both (half the large fusions to compile), and the stack is on the major axis;
 - a rejected proposal is encoded as NaN in the one output of the proposal pass, so the hash is not
   computed once for "accepted?" and again for "value";
-- the few rejected lanes (0.5-5 in 100, by shape; shapes below 4 are boosted) continue in a loop that, per
+- the few rejected lanes (at most 2 in 100 for shapes >= 1, fewer as shapes grow; up to 5 in 100 for shapes
+  near 0; shapes below 4 are boosted) continue in a loop that, per
   iteration, takes the first rejected arm of every episode: O(E) work per iteration instead of
   O(K E); the loop carries those rows, so an iteration reduces over the arms once;
 - on CPU, values read by several consumers are materialised behind a ``lax.cond`` on a predicate XLA
@@ -104,7 +105,8 @@ def _log_gammas(t, shapes, lanes, s0, s1):
     Args:
       t: () int32 step (the `_keep` token).
       shapes: (M, K, E) float32 gamma shapes (M = 2: the X and Y of a Beta).
-      lanes: (M, K, 1) uint32 lane ids of each array in the seed's stream.
+      lanes: (M, K, 1) uint32 lane ids of each array in the seed's stream, consecutive along K (lanes[m, r] =
+        lanes[m, 0] + r: the fallback loop derives a row's lane from the row).
       s0, s1: (E,) uint32 seed words of the step.
     Returns:
       (M, K, E) float32 log gamma draws.

@@ -128,20 +128,21 @@ def _bench(out: Path, quick: bool) -> dict:
                 key=lambda d: max(r["decisions_per_s"] for r in rows
                                   if r["impl"] == "jax_exact_beta" and r["episodes"] == e_vec and r["devices"] == d))
     compiled, args = kept[(e_vec, d_vec)]
-    tj = tn = np.inf
+    pair_s = []
     for r in range(n_pairs):
         t = time.perf_counter()
         jax.block_until_ready(compiled(*args))
-        tj = min(tj, time.perf_counter() - t)
+        t_j = time.perf_counter() - t
         t = time.perf_counter()
         thompson_vectorized(w, h, e_vec, steps, seed=r)
-        tn = min(tn, time.perf_counter() - t)
+        pair_s.append((t_j, time.perf_counter() - t))
+    tj, tn = min(p[0] for p in pair_s), min(p[1] for p in pair_s)
     rows.append(dict(impl="numpy_vectorized", episodes=e_vec, grid=None, steps=steps, devices=1,
                      decisions=e_vec * steps, seconds=tn, decisions_per_s=e_vec * steps / tn, compile_s=0.0,
                      peak_rss_mb=_rss_mb(), note=f"vectorized over episodes, exact Generator.beta; best of {n_pairs} "
                                                  "runs, each after a JAX run (paired)"))
     paired = dict(pairs=n_pairs, episodes=e_vec, jax_devices=d_vec, jax_decisions_per_s=e_vec * steps / tj,
-                  numpy_decisions_per_s=e_vec * steps / tn)
+                  numpy_decisions_per_s=e_vec * steps / tn, ratio_per_pair=[p[1] / p[0] for p in pair_s])
     print(json.dumps(rows[-1]), flush=True)
 
     try:
@@ -196,7 +197,8 @@ def _bench(out: Path, quick: bool) -> dict:
               "vmapped over episodes (`impl=\"generic\"`, the path of every other policy). Decisions/s exclude "
               "compilation (its own column); JAX rows are the best of 1-5 runs after one untimed warm-up run. NumPy "
               "vectorized is timed alternately with the JAX row at the same E (best of "
-              f"{paired['pairs']} each); in those pairs JAX ran at {paired['jax_decisions_per_s']:.3g} decisions/s.",
+              f"{paired['pairs']} each); in those pairs JAX ran at {paired['jax_decisions_per_s']:.3g} decisions/s, and the "
+              f"ratio of each pair was {', '.join(f'{x:.2f}' for x in paired['ratio_per_pair'])}.",
               "", f"jax / numpy vectorized: {res['ratios']['jax_over_numpy_vectorized']:.2f}; "
               f"jax / numpy loop: {res['ratios']['jax_over_numpy_loop']:.1f} ({res['ratios']['basis']})."]
     _atomic_write(out / "bench.md", "\n".join(lines) + "\n")

@@ -74,12 +74,17 @@ def _save_checkpoint(path: Path, cfg: dict, done: np.ndarray, arrays: dict) -> N
 
 
 def _code_fingerprint() -> str:
-    """sha256 (first 16 hex digits) of the bandit_sim and hierarchical sources: what computes a sweep's cells."""
-    h = hashlib.sha256()
+    """sha256 (first 16 hex digits) of what computes a sweep's cells: the bandit_sim and hierarchical sources, the
+    bundled data files and the JAX version. Deliberately broad: any edit to the package discards a resumable
+    checkpoint (it is moved aside, not deleted), rather than risk mixing episodes of two versions."""
+    import jax
+
+    h = hashlib.sha256(jax.__version__.encode())
     root = Path(__file__).resolve().parents[1]
-    for pkg in ("bandit_sim", "hierarchical"):
-        for f in sorted((root / pkg).glob("*.py")):
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    files = [f for pkg in ("bandit_sim", "hierarchical") for f in sorted((root / pkg).glob("*.py"))]
+    files += sorted(f for f in (root / "bandit_sim" / "data").glob("*") if f.is_file())
+    for f in files:
+        h.update(f"{f.parent.name}/{f.name}".encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -91,10 +96,14 @@ def _load_checkpoint(path: Path, cfg: dict):
     except Exception as exc:  # truncated / not an npz
         raise ValueError(f"{path}: unreadable sweep checkpoint ({exc}); move it away to start afresh") from exc
     if saved != cfg and {k: v for k, v in saved.items() if k != "code"} == {k: v for k, v in cfg.items() if k != "code"}:
-        stale = path.with_name(f"checkpoint-{saved.get('code', 'unknown')}.npz")
+        old = saved.get("code", "unknown")
+        stale, i = path.with_name(f"checkpoint-{old}.npz"), 1
+        while stale.exists():  # never overwrite an earlier moved-aside checkpoint
+            stale, i = path.with_name(f"checkpoint-{old}-{i}.npz"), i + 1
         path.replace(stale)
-        warnings.warn(f"{path} was written by other code (fingerprint {saved.get('code')}, now {cfg['code']}); "
-                      f"moved it to {stale.name} and starting the sweep afresh", stacklevel=3)
+        warnings.warn(f"{path} was written by other code (fingerprint {old}, now {cfg['code']}): its "
+                      f"{int(data['done'].sum())} finished chunk(s) may hold other episodes, so it was moved to "
+                      f"{stale.name} and the sweep starts afresh", stacklevel=3)
         return None
     if saved != cfg:
         diff = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k))

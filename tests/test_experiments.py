@@ -103,6 +103,15 @@ def test_sweep_checkpoint_from_other_code_is_moved_aside(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="other code"):
         fresh = run_sweep(rd, tmp_path, lams, gams, **kw)
     assert fresh["resumed_chunks"] == 0 and (tmp_path / "checkpoint-oldcode.npz").exists()
+    # a second stale checkpoint of the same code does not overwrite the first one moved aside
+    monkeypatch.setattr(sweep_mod, "_code_fingerprint", lambda: "oldcode")
+    with pytest.warns(UserWarning, match="3 finished chunk"):
+        assert run_sweep(rd, tmp_path, lams, gams, **kw)["resumed_chunks"] == 0
+    assert (tmp_path / "checkpoint-newcode.npz").exists()
+    monkeypatch.setattr(sweep_mod, "_code_fingerprint", lambda: "newcode")
+    with pytest.warns(UserWarning, match="other code"):
+        run_sweep(rd, tmp_path, lams, gams, **kw)
+    assert (tmp_path / "checkpoint-oldcode.npz").exists() and (tmp_path / "checkpoint-oldcode-1.npz").exists()
 
 
 @pytest.mark.slow

@@ -18,6 +18,6 @@ def test_bench_quick(tmp_path):
         assert r["decisions_per_s"] > 0 and r["compile_s"] >= 0 and r["peak_rss_mb"] > 0
     assert data["ratios"]["jax_over_numpy_vectorized"] > 0
     p = data["ratios"]["paired"]  # NumPy vectorized is timed alternately with the JAX run at the same E
-    assert p["pairs"] >= 1 and p["episodes"] == 64
+    assert p["pairs"] >= 1 and p["episodes"] == 64 and len(p["ratio_per_pair"]) == p["pairs"]
     assert data["ratios"]["jax_over_numpy_vectorized"] == pytest.approx(p["jax_decisions_per_s"] / p["numpy_decisions_per_s"])
     assert (tmp_path / "bench.md").read_text().startswith("# Routing-kernel throughput")
