@@ -20,8 +20,8 @@ consumer. This module computes the same episodes, draw for draw, for the two Tho
 - on CPU, values read by several consumers are materialised behind a ``lax.cond`` on a predicate XLA
   cannot fold (`_keep`), so they are computed once (``optimization_barrier`` is stripped on XLA:CPU);
   the Beta draws themselves are not (they fuse into the utility, their one consumer);
-- a chunk's rows are gathered once as (K, n, E) and step i reads [:, i]; the chosen arm's quality
-  and cost are read per step as (E,);
+- a chunk's rows are gathered once as (K, n, E) and step i reads [:, i]; the chosen arm's quality,
+  cost and mu are read per step as (E,);
 - episodes are run in blocks of `block_size` per device (``lax.map``), so a block's working set
   stays in cache.
 
@@ -164,8 +164,8 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
     qbar = jnp.sum(world.quality * m, 0) / jnp.maximum(jnp.sum(m, 0), 1.0)
     mu_all = qbar - hyper.lam * world.pred_cost - hyper.gam * world.pred_unc  # as kernel._episode
     cols = dict(mask=world.mask.T, pc=world.pred_cost.T, pu=world.pred_unc.T, mu=mu_all.T)  # (K, N): a
-    # chunk's rows are gathered as (K, n, E); the chosen arm's quality and cost are read per step (E,)
-    q_flat, cost_flat = world.quality.reshape(-1), world.cost.reshape(-1)
+    # chunk's rows are gathered as (K, n, E); the chosen arm's quality, cost and mu are read per step (E,)
+    q_flat, cost_flat, mu_flat = world.quality.reshape(-1), world.cost.reshape(-1), mu_all.reshape(-1)
     lanes_x = jnp.arange(k, dtype=jnp.uint32)[:, None]
     lanes_xy = jnp.stack([lanes_x, lanes_x + jnp.uint32(k)])  # (2, K, 1)
     lanes_g = lanes_x + jnp.uint32(1)
@@ -175,7 +175,7 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
     not_self = ~jnp.eye(k, dtype=bool)
 
     def step(st: _State, x):
-        t, s0, s1, u_r, cat, qi, best, avail, pc, pu, mu = x
+        t, s0, s1, u_r, cat, qi, best, avail, pc, pu = x
         s0, s1 = _keep(t, (s0, s1))
         if contextual:
             hot_c = cat_rows == cat[None, None]  # (C, 1, E)
@@ -200,9 +200,8 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
         eps = jnp.maximum(hyper.min_explore, hyper.explore_decay ** t.astype(jnp.float32))
         arm = _keep(t, jnp.where(u < eps, rand, greedy))
         hot = rows == arm[None]  # (K, E)
-        q = q_flat[qi * k + arm]
-        c_arm = cost_flat[qi * k + arm]
-        mu_arm = jnp.sum(jnp.where(hot, mu, 0.0), 0)
+        flat = qi * k + arm
+        q, c_arm, mu_arm = q_flat[flat], cost_flat[flat], mu_flat[flat]
         r = (u_r < q).astype(jnp.float32) if reward_mode == "bernoulli" else q
         inst = best - mu_arm
         hot3 = hot[None] & hot_c if contextual else hot[None]
@@ -245,7 +244,7 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
         mu = take(cols["mu"])
         best = jnp.max(jnp.where(avail, mu, -jnp.inf), 0)
         xs = (ts, seeds[:, :, 0].T, seeds[:, :, 1].T, u_r, world.category[idx], idx, best)
-        per_arm = (avail, take(cols["pc"]), take(cols["pu"]), mu)
+        per_arm = (avail, take(cols["pc"]), take(cols["pu"]))
         return jax.lax.scan(lambda st, i: (step(st, jax.tree.map(lambda a: a[i], xs)
                                                 + jax.tree.map(lambda a: a[:, i], per_arm)), None), st,
                             jnp.arange(n, dtype=jnp.int32))[0]

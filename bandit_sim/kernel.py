@@ -291,7 +291,8 @@ def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajecto
     if impl == "batched" and not fast:
         raise ValueError(f"simulate: impl='batched' runs the Thompson policies without "
                          f"trajectories; got policy={policy!r}, options={dict(options)}, trajectories={trajectories}")
-    impl = "batched" if impl == "auto" and fast else ("generic" if impl == "auto" else impl)
+    if impl == "auto":
+        impl = "batched" if fast else "generic"
     for name, v in (("episodes", episodes), ("steps", steps), ("chunk", chunk), ("conv_window", conv_window)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"simulate: {name} must be a positive int, got {v!r}")
