@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/bandit-sim run
 
+# lint-imports checks the layers (contracts in pyproject.toml) before the tests run.
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 test-all: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -m ''
 
 # Kernel throughput vs NumPy/MABWiser, router latency, token-model fit time (each writes JSON under results/bench).
@@ -31,7 +34,7 @@ bench: install
 
 # Rebuild the bundled parquet files from ../shared/datasets (maintainers only).
 data: install
-	$(BIN)/python scripts/build_bundled_data.py --src ../shared/datasets --out bandit_sim/data
+	$(BIN)/python scripts/build_bundled_data.py --src ../shared/datasets --out bandit_sim/data/bundled
 
 clean:
 	rm -rf $(VENV) build *.egg-info

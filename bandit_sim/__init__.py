@@ -1,6 +1,9 @@
 """bandit_sim: data layer, routing worlds, policies, the vectorized JAX routing simulator and the live router.
 
-Public names are imported lazily (on first attribute access), so `import bandit_sim` stays fast.
+Layers (arrows point down only; `import-linter` checks them in `make test`):
+    bandit_sim.cli -> bandit_sim.experiments -> bandit_sim.router -> bandit_sim.sim -> bandit_sim.data
+and `hierarchical` (the NumPyro models) below all of them. The public names below are imported from their layer
+on first use, so `import bandit_sim` stays fast.
 """
 
 from __future__ import annotations
@@ -10,15 +13,17 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_data": "loaders", "RoutingData": "loaders",
-    "family_of": "catalog", "price_of": "catalog",
-    "fit_token_model": "token_bridge", "predict_grid": "token_bridge",
-    "World": "world", "world_from_table": "world",
-    "Hyper": "policies", "Policy": "policies", "default_hyper": "policies", "make_policy": "policies",
-    "simulate": "kernel", "episode_keys": "kernel", "episode_order": "kernel", "chunk_length": "kernel",
-    "Router": "router", "Decision": "router", "Query": "router", "RouterInputError": "router",
-    "RouterStateError": "router_state",
-    "StandInTokens": "router_tokens", "PosteriorTokens": "router_tokens",
+    "load_data": "data.loaders", "RoutingData": "data.schema", "DataValidationError": "data.schema",
+    "validate_table": "data.schema", "family_of": "data.catalog", "price_of": "data.catalog",
+    "World": "sim.world", "world_from_table": "sim.world",
+    "fit_token_model": "sim.token_model", "predict_grid": "sim.token_model",
+    "Hyper": "sim.policies", "Policy": "sim.policies", "default_hyper": "sim.policies", "make_policy": "sim.policies",
+    "REGISTRY": "sim.policies", "thompson": "sim.policies", "contextual_thompson": "sim.policies",
+    "simulate": "sim.simulate", "hyper_grid": "sim.episode", "episode_keys": "sim.episode",
+    "episode_order": "sim.episode", "chunk_length": "sim.episode", "Metrics": "sim.episode",
+    "Router": "router.router", "Decision": "router.router", "Query": "router.router",
+    "RouterInputError": "router.router", "RouterStateError": "router.state",
+    "StandInTokens": "router.tokens", "PosteriorTokens": "router.tokens",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,8 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import subprocess
 import sys
 from pathlib import Path
+
+from bandit_sim.data.describe import describe, format_description
+from bandit_sim.data.loaders import load_data
+from bandit_sim.data.schema import DataValidationError
+from bandit_sim.experiments.coldstart import run_coldstart
+from bandit_sim.experiments.compare import run_compare
+from bandit_sim.experiments.pipeline import run_all
+from bandit_sim.experiments.sweep import parse_range, run_sweep
+from bandit_sim.experiments.token_eval import PROMPT_METHODS, run_token_eval
 
 __all__ = ["main", "build_parser"]
 
@@ -22,9 +33,6 @@ DATA_HELP = ("dataset: routerbench | arenabench | arenahard (bundled), synthetic
 
 
 def _cmd_data_describe(args) -> int:
-    from .describe import describe, format_description
-    from .loaders import load_data
-
     rd = load_data(args.data, seed=args.seed)
     d = describe(rd)
     print(json.dumps(d, indent=2) if args.json else format_description(d))
@@ -32,8 +40,6 @@ def _cmd_data_describe(args) -> int:
 
 
 def _cmd_data_validate(args) -> int:
-    from .loaders import load_data
-
     path = Path(args.path)
     if not path.exists():
         print(f"error: no such file: {path}", file=sys.stderr)
@@ -48,9 +54,138 @@ def _cmd_data_validate(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .pipeline import run_all
-
     return run_all(Path(args.out), seed=args.seed, quick=args.quick)
+
+
+def _add_experiment_subparsers(sub) -> None:
+    """Register `compare`, `coldstart` and `sweep` on the `bandit-sim` subparsers."""
+    c = sub.add_parser("compare", help="every baseline and the Thompson routers side by side (report + metrics.json)")
+    c.add_argument("--data", default="routerbench", help=DATA_HELP)
+    c.add_argument("--episodes", type=int, default=1000, help="episodes per policy (default 1000)")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--tokens", choices=("hierarchical", "standin"), default="hierarchical",
+                   help="token model behind the cost/uncertainty terms (default: hierarchical)")
+    c.add_argument("--target-retention", type=float, default=0.95,
+                   help="quality retention the validation-split lambda selection aims for (default 0.95)")
+    c.add_argument("--strong", help="strong model of the APGR/CPT pair (default: the premium model)")
+    c.add_argument("--weak", help="weak model of the pair (default: best model costing <= 10%% of the strong one)")
+    c.add_argument("--quick", action="store_true", help="small settings (smoke test)")
+    c.set_defaults(func=_cmd_compare)
+
+    s = sub.add_parser("sweep", help="a lambda x gamma grid of the Thompson router (heatmaps, Pareto frontier); "
+                                     "checkpointed per chunk, resumes where it stopped")
+    s.add_argument("--data", default="routerbench", help=DATA_HELP)
+    s.add_argument("--lam", default="0:1:16", help="cost weights: start:stop:n or a comma list (default 0:1:16)")
+    s.add_argument("--gam", default="0:1:16", help="uncertainty weights: start:stop:n or a comma list (default 0:1:16)")
+    s.add_argument("--episodes", type=int, default=64, help="episodes per cell (default 64)")
+    s.add_argument("--out", required=True, help="output folder (holds the checkpoint)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--policy", choices=("thompson", "contextual_thompson"), default="thompson")
+    s.add_argument("--chunk-cells", type=int, default=32, help="grid cells per compiled call / checkpoint (default 32)")
+    s.add_argument("--tokens", choices=("hierarchical", "standin"), default="hierarchical")
+    s.add_argument("--quick", action="store_true", help="small settings (smoke test)")
+    s.set_defaults(func=_cmd_sweep)
+
+    cs = sub.add_parser("coldstart", help="a new model arrives: family prior vs flat prior (convergence, regret, "
+                                          "token error)")
+    cs.add_argument("--data", default="routerbench", help=DATA_HELP)
+    cs.add_argument("--out", required=True, help="output folder")
+    cs.add_argument("--episodes", type=int, default=500, help="episodes per family and prior (default 500)")
+    cs.add_argument("--arrival", type=int, default=200, help="queries before the new model arrives (default 200)")
+    cs.add_argument("--seed", type=int, default=0)
+    cs.add_argument("--lam", type=float, default=0.3, help="cost weight (default 0.3)")
+    cs.add_argument("--gam", type=float, default=0.25, help="uncertainty weight (default 0.25)")
+    cs.add_argument("--threshold", type=float, default=0.02,
+                    help="convergence threshold on the rolling (window 50) mean regret (default 0.02)")
+    cs.add_argument("--tokens", choices=("hierarchical", "standin"), default="hierarchical")
+    cs.add_argument("--incumbents", choices=("warm", "flat"), default="warm",
+                    help="the other models start from their training-split posterior (warm, default) or Beta(1, 1)")
+    cs.add_argument("--quick", action="store_true", help="small settings (smoke test)")
+    cs.set_defaults(func=_cmd_coldstart)
+
+
+def _positive(name: str, v, lo=1):
+    if v < lo:
+        raise ValueError(f"--{name} must be >= {lo}, got {v}")
+
+
+def _cmd_compare(args) -> int:
+    _positive("episodes", args.episodes)
+    if not 0 < args.target_retention <= 1.5:
+        raise ValueError(f"--target-retention must be in (0, 1.5], got {args.target_retention}")
+    r = run_compare(args.data, Path(args.out), episodes=args.episodes, seed=args.seed, tokens=args.tokens,
+                    target_retention=args.target_retention, quick=args.quick, strong=args.strong, weak=args.weak)
+    t = r["policies"]["thompson"]
+    print(f"wrote {args.out}/report.md: thompson retention {t['quality_retention']['mean']:.3f}, "
+          f"cost reduction {t['cost_reduction']['mean']:.3f}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    _positive("episodes", args.episodes)
+    _positive("chunk-cells", args.chunk_cells)
+    r = run_sweep(args.data, Path(args.out), parse_range(args.lam, "lam"), parse_range(args.gam, "gam"),
+                  episodes=args.episodes, seed=args.seed, tokens=args.tokens, chunk_cells=args.chunk_cells,
+                  policy=args.policy, quick=args.quick)
+    print(f"wrote {args.out}/report.md ({len(r['pareto'])} Pareto-optimal cells)")
+    return 0
+
+
+def _cmd_coldstart(args) -> int:
+    _positive("episodes", args.episodes)
+    _positive("arrival", args.arrival, lo=0)
+    if args.lam < 0 or args.gam < 0 or args.threshold <= 0:
+        raise ValueError("--lam and --gam must be >= 0 and --threshold > 0")
+    r = run_coldstart(args.data, Path(args.out), episodes=args.episodes, arrival=args.arrival, seed=args.seed,
+                      lam=args.lam, gam=args.gam, threshold=args.threshold, tokens=args.tokens, quick=args.quick,
+                      incumbents=args.incumbents)
+    print(f"wrote {args.out}/report.md: convergence reduction {r['reduction']:.3f} (p = {r['p_value']:.2g})")
+    return 0
+
+
+def _cmd_tokens(args) -> int:
+    seeds = [args.seed + i for i in range(args.n_seeds)]
+    command = "bandit-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    m = run_token_eval(args.data, Path(args.out), seeds, num_steps=args.steps, batch_size=args.batch_size or None,
+                       guide=args.guide, progress=not args.no_progress, command=command)
+    hp, hm = m["heldout_prompts"], m["heldout_models"]
+    print(f"held-out prompts MAE: " + ", ".join(f"{k} {hp[k]['mae']:.1f}" for k in PROMPT_METHODS))
+    print(f"hierarchical coverage: {hp['hierarchical']['coverage']}")
+    print(f"held-out models MAE: family {hm['family_prior']['mae']:.1f} vs global {hm['global_prior']['mae']:.1f} "
+          f"(p = {hm['paired_test']['p_value']})")
+    print(f"new model MAE after n: {m['new_model_after_n']}; fit_seconds {m['fit_seconds']:.1f}")
+    print(f"wrote {args.out}/report.md, metrics.json, calibration.png, per_family_error.png")
+    return 0
+
+
+def _add_tokens_subparser(subparsers) -> argparse.ArgumentParser:
+    """Register `tokens` on a `bandit-sim` subparsers object.
+
+    Args:
+      subparsers: the object returned by `ArgumentParser.add_subparsers`.
+    Returns:
+      The `tokens` parser.
+    """
+    p = subparsers.add_parser("tokens", help="evaluate the hierarchical token model against baselines")
+    p.add_argument("--data", default="arenahard", help="dataset name or table path (default arenahard)")
+    p.add_argument("--out", default="results/tokens", help="output folder (default results/tokens)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--n-seeds", type=int, default=3, help="number of seeds seed, seed+1, ... (default 3)")
+    p.add_argument("--steps", type=int, default=2500, help="SVI steps per fit (default 2500)")
+    p.add_argument("--batch-size", type=int, default=8192,
+                   help="SVI minibatch rows (default 8192; 0 = full batch; tables this small run full batch)")
+    p.add_argument("--guide", choices=("normal", "lowrank"), default="normal", help="SVI guide (default normal)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_tokens)
+    return p
+
+
+def _cmd_bench(args) -> int:
+    # the benchmark lives outside the package (benchmarks/), so it runs as its own process: bandit_sim never
+    # imports it
+    cmd = [sys.executable, "-m", "benchmarks.bench_kernel", "--out", str(args.out)] + (["--quick"] if args.quick else [])
+    return subprocess.run(cmd, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,21 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="a small, fast version of every stage (smoke test)")
     r.set_defaults(func=_cmd_run)
 
-    # Commands owned by other modules register themselves here (imports are light: heavy work is imported lazily).
-    from .bench import add_bench_subparser
-    from .experiments import add_experiment_subparsers
-    from .token_eval import add_tokens_subparser
-
-    add_tokens_subparser(sub)
-    add_experiment_subparsers(sub)
-    add_bench_subparser(sub)
+    _add_tokens_subparser(sub)
+    _add_experiment_subparsers(sub)
+    b = sub.add_parser("bench", help="throughput of the JAX routing kernel vs NumPy and MABWiser "
+                                     "(runs `python -m benchmarks.bench_kernel`)")
+    b.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
+    b.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke)")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 
 def main(argv=None) -> int:
     """Entry point of the `bandit-sim` console script."""
-    from .schema import DataValidationError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -18,6 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bandit_sim.data.loaders import load_data
+from bandit_sim.router.router import TRACE_COUNT, Query, Router
+from bandit_sim.router.tokens import PosteriorTokens
+from bandit_sim.sim.token_model import fit_token_model
+
 
 def _stats(xs) -> dict:
     a = np.asarray(xs) * 1e3
@@ -36,16 +41,12 @@ def main(argv=None) -> dict:
 
     import jax
 
-    from bandit_sim.loaders import load_data
-    from bandit_sim.router import TRACE_COUNT, Query, Router
 
     rd = load_data("routerbench")
     test = rd.table[rd.table["split"] == "test"].drop_duplicates("prompt_id")
     queries = [Query(t, input_tokens=int(n)) for t, n in zip(test["prompt"], test["input_tokens"])]
     tokens = None
     if args.hierarchical:
-        from bandit_sim.router_tokens import PosteriorTokens
-        from bandit_sim.token_bridge import fit_token_model
 
         tokens = PosteriorTokens.from_fit(fit_token_model(rd, quick=True))
     router = Router.from_data(rd, tokens=tokens, seed=0)

@@ -21,6 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bandit_sim.data.loaders import load_data
+from hierarchical.baselines import BayesianRidgePerModel
+from hierarchical.features import query_features
+from hierarchical.fit import FitConfig, fit_nuts, fit_svi
+
 
 def _env() -> dict:
     import jax
@@ -34,7 +39,6 @@ def _env() -> dict:
 
 
 def _arrays(table):
-    from hierarchical import query_features
 
     prompts = table.drop_duplicates("prompt_id")
     feats = query_features(prompts["prompt"].tolist(),
@@ -50,7 +54,6 @@ def _arrays(table):
 
 
 def _time_ridge(x, m, t):
-    from hierarchical.baselines import BayesianRidgePerModel
 
     t0 = time.perf_counter()
     BayesianRidgePerModel().fit(x, m, t)
@@ -72,10 +75,8 @@ def run_bench(out: Path, data: str = "arenahard", table=None, svi_steps: int = 2
     Returns:
       The record written.
     """
-    from hierarchical import FitConfig, fit_nuts, fit_svi
 
     if table is None:
-        from bandit_sim.loaders import load_data
 
         table = load_data(data).table
     x, m, fam, t, g = _arrays(table)

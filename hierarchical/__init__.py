@@ -1,17 +1,32 @@
-"""hierarchical: a NumPyro model of LLM output-token counts pooled model -> family -> global.
+"""hierarchical: NumPyro models fit with SVI (optax) -- output-token counts pooled model -> family -> global.
 
 Arrays in, arrays out (features, model index, family index, tokens); no dependency on bandit_sim or pandas.
+Public names are imported on first use, so `import hierarchical.features` or `hierarchical.io` does not load
+NumPyro.
 """
 
-from .features import FEATURE_NAMES, Standardizer, query_features
-from .fit import FitConfig, TokenPosterior, fit_nuts, fit_svi
-from .io import PosteriorFileError, load_posterior, save_posterior
-from .predictive import Prediction, predict
-from .update import add_new_model
+from __future__ import annotations
 
-__all__ = [
-    "FEATURE_NAMES", "query_features", "Standardizer",
-    "FitConfig", "TokenPosterior", "fit_svi", "fit_nuts",
-    "Prediction", "predict", "add_new_model",
-    "save_posterior", "load_posterior", "PosteriorFileError",
-]
+import importlib
+
+_EXPORTS = {
+    "FEATURE_NAMES": "features", "query_features": "features", "Standardizer": "features",
+    "FitConfig": "fit", "TokenPosterior": "fit", "fit_svi": "fit", "fit_nuts": "fit",
+    "Prediction": "predictive", "predict": "predictive",
+    "add_new_model": "update",
+    "save_posterior": "io", "load_posterior": "io", "PosteriorFileError": "io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hierarchical' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

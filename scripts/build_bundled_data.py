@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Build the compact bundled datasets in bandit_sim/data from the development set (../shared/datasets).
+"""Build the compact bundled datasets in bandit_sim/data/bundled from the development set (../shared/datasets).
 
-Usage: python scripts/build_bundled_data.py --src ../shared/datasets --out bandit_sim/data
+Usage: python scripts/build_bundled_data.py --src ../shared/datasets --out bandit_sim/data/bundled
 Writes <name>.parquet (per-row values, no response texts), <name>_prompts.parquet (prompt text and metadata once
 per prompt) and manifest.json (source file hashes, counts, notes, the tokenizer check). Deterministic.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bandit_sim.sources import RAW_FILES, load_raw  # noqa: E402
-from bandit_sim.loaders import save_bundle  # noqa: E402
-from bandit_sim.tokens import TOKENIZER  # noqa: E402
+from bandit_sim.data.sources import RAW_FILES, load_raw  # noqa: E402
+from bandit_sim.data.loaders import save_bundle  # noqa: E402
+from bandit_sim.data.tokens import TOKENIZER  # noqa: E402
 
 ORIGINS = {
     "routerbench": "RouterBench zero-shot subsets (ARC-challenge, Winogrande, MBPP) as redistributed by the RouterDC "
@@ -41,14 +41,14 @@ def sha256(path: Path) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", default="../shared/datasets", help="folder with the raw development parquet files")
-    ap.add_argument("--out", default="bandit_sim/data", help="package data folder to write")
+    ap.add_argument("--out", default="bandit_sim/data/bundled", help="package data folder to write")
     ap.add_argument("--only", choices=sorted(RAW_FILES), action="append", help="rebuild only these datasets")
     args = ap.parse_args(argv)
     out = Path(args.out)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"datasets": {}}
     manifest["tokenizer"] = TOKENIZER
-    manifest["built_by"] = "python scripts/build_bundled_data.py --src ../shared/datasets --out bandit_sim/data"
+    manifest["built_by"] = "python scripts/build_bundled_data.py --src ../shared/datasets --out bandit_sim/data/bundled"
     for name in args.only or sorted(RAW_FILES):
         print(f"building {name} ...", flush=True)
         table, meta = load_raw(name, args.src)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from bandit_sim import arena55k
-from bandit_sim.arena55k import (
+from bandit_sim.data import arena55k
+from bandit_sim.data.arena55k import (
     ARENA55K_COLUMNS,
     ENV_VAR,
     Arena55kFormatError,
@@ -18,11 +18,11 @@ from bandit_sim.arena55k import (
     read_arena55k_raw,
     topic_of,
 )
-from bandit_sim.bradley_terry import BradleyTerryModel
-from bandit_sim.schema import validate_table
+from bandit_sim.data.bradley_terry import BradleyTerryModel
+from bandit_sim.data.schema import validate_table
 import tiktoken
 
-# priced models (bandit_sim.catalog) with known strengths and mean answer lengths (in words)
+# priced models (bandit_sim.data.catalog) with known strengths and mean answer lengths (in words)
 STRENGTH = {"gpt-4-1106-preview": 2.4, "claude-2.1": 1.2, "mixtral-8x7b-instruct-v0.1": 0.0,
             "gemini-pro": -1.2, "llama-2-70b-chat": -2.4}
 WORDS = {"gpt-4-1106-preview": 120, "claude-2.1": 80, "mixtral-8x7b-instruct-v0.1": 60,
@@ -206,7 +206,7 @@ def test_env_var_parquet_and_load_data(tmp_path, monkeypatch):
     write_fixture(p, fmt="parquet")
     monkeypatch.setenv(ENV_VAR, str(p))
     monkeypatch.setattr(arena55k, "_hf_load_dataset", _no_hub)
-    from bandit_sim.loaders import load_data
+    from bandit_sim.data.loaders import load_data
 
     rd = load_data("arena55k")
     assert rd.world_kind == "pairwise-model" and rd.table["prompt_id"].nunique() == N_ROWS
@@ -224,7 +224,7 @@ def test_token_cache_reused(fixture_file, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("tokens recounted despite the cache")
 
-    monkeypatch.setattr("bandit_sim.tokens.count_tokens", boom)
+    monkeypatch.setattr("bandit_sim.data.tokens.count_tokens", boom)
     second = load_arena55k(path, cache_dir=tmp_path)
     pd.testing.assert_frame_equal(first.table, second.table)
 

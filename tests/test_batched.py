@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from bandit_sim import batched
-from bandit_sim.kernel import hyper_grid, simulate
-from bandit_sim.policies import default_hyper
-from bandit_sim.world import toy_world
+from bandit_sim.sim import batched
+from bandit_sim.sim.episode import hyper_grid
+from bandit_sim.sim.simulate import simulate
+from bandit_sim.sim.policies import default_hyper, thompson
+from bandit_sim.sim.world import toy_world
 
 
 def _both(world, hyper, **kw):
@@ -86,8 +87,8 @@ def test_impl_argument_is_checked(world):
         simulate(world, jax.random.key(0), h, policy="ucb1", impl="batched")
     with pytest.raises(ValueError, match="impl='batched' runs the Thompson"):
         simulate(world, jax.random.key(0), h, impl="batched", trajectories=True)
-    assert batched.supports("thompson", {"sampler": "gaussian"}, False)
-    assert not batched.supports("thompson", {"sampler": "other"}, False)
+    assert batched.serves(thompson, {"sampler": "gaussian"}, False)
+    assert not batched.serves(thompson, {"sampler": "other"}, False)
 
 
 def test_gaussian_option_same_as_generic(world):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from bandit_sim.bradley_terry import (
+from bandit_sim.data.bradley_terry import (
     BradleyTerryModel,
     bt_negative_log_posterior,
     fit_bradley_terry,

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bandit_sim.catalog import FAMILIES, UnknownModelError, family_of, price_of, price_table
+from bandit_sim.data.catalog import FAMILIES, UnknownModelError, family_of, price_of, price_table
 from bandit_sim.cli import main
-from bandit_sim.loaders import bundle_manifest, load_data, read_bundle
-from bandit_sim.schema import DataValidationError, validate_table
-from bandit_sim.sources import build_arenabench, build_routerbench, hash_split
+from bandit_sim.data.loaders import bundle_manifest, load_data, read_bundle
+from bandit_sim.data.schema import DataValidationError, validate_table
+from bandit_sim.data.sources import build_arenabench, build_routerbench, hash_split
 
 
 # ---------------------------------------------------------------- catalog
@@ -68,7 +68,7 @@ def test_bundled_counts():
 def test_bundle_is_small_and_has_licences():
     from importlib import resources
 
-    d = resources.files("bandit_sim.data")
+    d = resources.files("bandit_sim.data") / "bundled"
     total = sum(p.stat().st_size for p in map(lambda x: __import__("pathlib").Path(str(x)), d.iterdir()))
     assert total < 15e6
     text = (d / "DATA_LICENSES").read_text()

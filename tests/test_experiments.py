@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bandit_sim.compare import family_prior_from_train
-from bandit_sim.experiments import prepare, select_models, zipped_hyper
-from bandit_sim.loaders import RoutingData, load_data
-from bandit_sim.policies import default_hyper
-from bandit_sim.sweep import pareto_front, parse_range, run_sweep
+from bandit_sim.sim.priors import family_prior_from_train
+from bandit_sim.experiments.protocol import prepare, select_models, zipped_hyper
+from bandit_sim.data.loaders import RoutingData, load_data
+from bandit_sim.sim.policies import default_hyper
+from bandit_sim.experiments.sweep import pareto_front, parse_range, run_sweep
 
 
 def _small_synthetic(n_prompts: int = 240, seed: int = 0) -> RoutingData:
@@ -92,7 +92,7 @@ def test_sweep_resumes_from_checkpoint_with_identical_results(tmp_path):
 
 
 def test_sweep_checkpoint_from_other_code_is_moved_aside(tmp_path, monkeypatch):
-    import bandit_sim.sweep as sweep_mod
+    import bandit_sim.experiments.sweep as sweep_mod
 
     rd = _small_synthetic()
     lams, gams = parse_range("0:1:3", "lam"), parse_range("0,0.5", "gam")
@@ -116,7 +116,7 @@ def test_sweep_checkpoint_from_other_code_is_moved_aside(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_compare_quick_end_to_end_and_rerun_identical(tmp_path):
-    from bandit_sim.compare import run_compare
+    from bandit_sim.experiments.compare import run_compare
 
     rd = _small_synthetic()
     r1 = run_compare(rd, tmp_path / "a", episodes=8, tokens="standin", quick=True, argv=["compare"], progress=False)
@@ -143,7 +143,7 @@ def test_compare_quick_end_to_end_and_rerun_identical(tmp_path):
 
 
 def test_thompson_router_is_chosen_on_validation_only():
-    from bandit_sim.compare import select_thompson
+    from bandit_sim.experiments.compare import select_thompson
 
     chosen = {"thompson": {"retention": 0.97, "cost_reduction": 0.2},
               "thompson_warm": {"retention": 0.951, "cost_reduction": 0.5},
@@ -154,7 +154,7 @@ def test_thompson_router_is_chosen_on_validation_only():
 
 @pytest.mark.slow
 def test_coldstart_quick(tmp_path):
-    from bandit_sim.coldstart import run_coldstart
+    from bandit_sim.experiments.coldstart import run_coldstart
 
     rd = _small_synthetic(n_prompts=400)
     r = run_coldstart(rd, tmp_path, episodes=8, arrival=20, tokens="standin", quick=True, argv=["coldstart"],

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bandit_sim.token_eval import MODEL_METHODS, NEW_MODEL_N, PROMPT_METHODS, run_token_eval
+from bandit_sim.experiments.token_eval import MODEL_METHODS, NEW_MODEL_N, PROMPT_METHODS, run_token_eval
 from hierarchical.fit import _RUNNERS
 
 TOPICS = ["Write a detailed essay about", "How do I fix this Python code:\n```python\nx = 1\n```\nfor",

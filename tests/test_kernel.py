@@ -11,10 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from bandit_sim import kernel
-from bandit_sim.kernel import hyper_grid, simulate
-from bandit_sim.policies import default_hyper
-from bandit_sim.world import toy_world
+from bandit_sim.sim import simulate as kernel
+from bandit_sim.sim.episode import hyper_grid
+from bandit_sim.sim.simulate import simulate
+from bandit_sim.sim.policies import default_hyper
+from bandit_sim.sim.world import toy_world
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,9 +78,10 @@ def test_bad_arguments(world):
 
 _SHARD_SCRIPT = textwrap.dedent("""
     import json, sys, jax, numpy as np
-    from bandit_sim.kernel import simulate, hyper_grid
-    from bandit_sim.policies import default_hyper
-    from bandit_sim.world import toy_world
+    from bandit_sim.sim.episode import hyper_grid
+    from bandit_sim.sim.simulate import simulate
+    from bandit_sim.sim.policies import default_hyper
+    from bandit_sim.sim.world import toy_world
     w = toy_world(n=80, k=4, seed=2)[0]
     g = hyper_grid(default_hyper(4), lam=[0.0, 0.3])
     m, _ = simulate(w, jax.random.key(9), g, episodes=8, steps=120, chunk=40)

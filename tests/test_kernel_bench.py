@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bandit_sim.bench import run_bench
+from benchmarks.bench_kernel import run_bench
 
 
 @pytest.mark.slow

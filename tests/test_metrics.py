@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bandit_sim import metrics as M
+from bandit_sim.experiments import metrics as M
 
 # 4 queries x 3 models; model 2 is premium (expensive, best on average).
 Q = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 0]], dtype=float)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bandit_sim import mf_router as R
-from bandit_sim import metrics as M
+from bandit_sim.router import mf as R
+from bandit_sim.experiments import metrics as M
 
 MODELS = ("cheap", "coder", "premium")
 

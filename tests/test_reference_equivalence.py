@@ -4,10 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from bandit_sim.kernel import simulate
-from bandit_sim.policies import POLICIES, default_hyper
-from bandit_sim.reference import run_reference, thompson_vectorized
-from bandit_sim.world import toy_world
+from bandit_sim.sim.simulate import simulate
+from bandit_sim.sim.policies import REGISTRY, default_hyper
+from bandit_sim.sim.reference import run_reference
+from benchmarks.numpy_thompson import thompson_vectorized
+from bandit_sim.sim.world import toy_world
 
 K = 5
 T = 160
@@ -27,7 +28,7 @@ def _hyper(w, **kw):
                          prior_alpha=np.array([1, 2, 1, 1, 0.5]), prior_beta=np.array([1, 1, 3, 1, 0.5]), **kw)
 
 
-CASES = [(p, {}) for p in POLICIES if p != "contextual_thompson"] + [
+CASES = [(p, {}) for p in REGISTRY if p != "contextual_thompson"] + [
     ("contextual_thompson", {"n_categories": 3}),
     ("thompson", {"sampler": "gaussian"}),
 ]

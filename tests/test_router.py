@@ -6,12 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from bandit_sim.kernel import chunk_length, episode_keys, episode_order, simulate
-from bandit_sim.loaders import load_data
-from bandit_sim.policies import default_hyper
-from bandit_sim.router import TRACE_COUNT, Decision, Query, Router, RouterInputError
-from bandit_sim.router_tokens import StandInTokens
-from bandit_sim.world import World, world_from_table
+from bandit_sim.sim.episode import chunk_length, episode_keys, episode_order
+from bandit_sim.sim.simulate import simulate
+from bandit_sim.data.loaders import load_data
+from bandit_sim.sim.policies import default_hyper
+from bandit_sim.router.router import TRACE_COUNT, Decision, Query, Router, RouterInputError
+from bandit_sim.router.tokens import StandInTokens
+from bandit_sim.sim.world import World, world_from_table
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +252,8 @@ def test_constructor_errors(rd):
 @pytest.mark.slow
 def test_hierarchical_tokens_router(rd):
     """Routing with the fitted token posterior: forecasts per (query, model), a new model from its family prior."""
-    from bandit_sim.router_tokens import PosteriorTokens
-    from bandit_sim.token_bridge import fit_token_model
+    from bandit_sim.router.tokens import PosteriorTokens
+    from bandit_sim.sim.token_model import fit_token_model
 
     fit = fit_token_model(rd, quick=True)
     tok = PosteriorTokens.from_fit(fit)

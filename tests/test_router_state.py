@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bandit_sim.loaders import load_data
-from bandit_sim.router import Query, Router
-from bandit_sim.router_state import RouterStateError, read_state, write_state
-from bandit_sim.router_tokens import StandInTokens
+from bandit_sim.data.loaders import load_data
+from bandit_sim.router.router import Query, Router
+from bandit_sim.router.state import RouterStateError, read_state, write_state
+from bandit_sim.router.tokens import StandInTokens
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_save_kill_load_in_new_process(rd, tmp_path):
     del a
     code = (
         "import json, sys\n"
-        "from bandit_sim.router import Router\n"
+        "from bandit_sim.router.router import Router\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_router_state import _run\n"
         f"r = Router.load({str(path)!r})\n"

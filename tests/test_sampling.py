@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bandit_sim import sampling
+from bandit_sim.sim import sampling
 
 PAIRS = [
     (0.05, 0.05), (0.05, 1.0), (0.5, 3.0), (1.0, 1.0), (7.3, 2.1), (0.3, 40.0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bandit_sim import stats as S
+from bandit_sim.experiments import stats as S
 
 
 def test_bootstrap_ci_reproducible_and_contains_mean():

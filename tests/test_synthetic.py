@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bandit_sim.synthetic import INPUT_CENTRE, SPLIT_NAMES, generate_synthetic, split_by_order
+from bandit_sim.data.synthetic import INPUT_CENTRE, SPLIT_NAMES, generate_synthetic, split_by_order
 
 COLUMNS = ["prompt_id", "prompt", "model", "family", "quality", "output_tokens", "input_tokens",
            "cost_usd", "order", "category", "split"]
@@ -120,7 +120,7 @@ def test_argument_validation(kwargs, err, msg):
 
 
 def test_passes_the_project_validator():
-    schema = pytest.importorskip("bandit_sim.schema")
+    schema = pytest.importorskip("bandit_sim.data.schema")
     df = generate_synthetic(n_prompts=200, seed=5)
     schema.validate_table(df, source="synthetic")
 

@@ -1,0 +1,667 @@
+"""The live router: the simulator's Thompson policy behind a route / observe API for applications.
+
+    router = Router.from_data(rd)                     # or Router(tokens, models, cost_scale=...)
+    d = router.route("Write a haiku about rain")      # Decision: model, tokens, cost, utilities, pi
+    router.observe(d, quality=1.0, output_tokens=42)  # cost from the price table unless given
+    router.save("router.npz"); router = Router.load("router.npz")
+
+One implementation. A route step is the simulator's step: `pol.sample` (the exact Beta sampler of
+`bandit_sim.sim.sampling`) then `pol.choose`; `observe` is `pol.update`; `pol` is `policies.make_policy(...)`, the
+same functions `kernel.simulate` scans. Both are jitted once per (policy, capacity, batch bucket): models come
+and go by masking slots of a fixed capacity (default 64), so nothing recompiles when numbers or the model list
+change (`TRACE_COUNT` counts traces).
+
+Key schedule. The router is episode 0 of `simulate(world, key, episodes=1)`: its keys are
+`kernel.episode_keys(key)` and the noise of step t is row t % chunk of `pol.noise(fold_in(k_noise, t // chunk),
+chunk)`, exactly as in the kernel. So routing the episode's queries (`kernel.episode_order`) in order, observing
+each before the next, reproduces the simulator's arms and totals when the router has the world's arms
+(capacity = K: the noise has one column per slot) and chunk = `kernel.chunk_length(T, chunk)`.
+
+Utility (in the simulator's units): U_i = pi_i - lam * pred_cost_i / cost_scale - gam * pred_sd_i / cost_scale,
+pred_cost_i = input_tokens * p_in_i + mean_tokens_i * p_out_i and pred_sd_i = sd_tokens_i * p_out_i (USD).
+`cost_scale` (USD) makes lam comparable with quality; `from_data` takes the simulator's (the largest mean
+predicted cost per query among the models).
+
+Several `route` calls before their `observe` (delayed feedback) are fine: each decision draws from the posterior
+as it is then. `route_batch(B queries)` gives them steps t .. t + B - 1 from the same posterior in one call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bandit_sim.data.catalog import family_of, price_of
+from bandit_sim.data.features import prompt_features
+from bandit_sim.data.tokens import count_tokens
+from bandit_sim.router import state as state_file
+from bandit_sim.router.tokens import StandInTokens, tokens_from_state
+from bandit_sim.sim import formulas
+from bandit_sim.sim.episode import episode_keys
+from bandit_sim.sim.policies import (BetaState, Context, Hyper, default_hyper, epsilon_greedy, make_policy, policy_name,
+                                     resolve_policy, simple_utility, thompson)
+from bandit_sim.sim.priors import family_prior_from_train
+from bandit_sim.sim.world import World, pivot_index
+from hierarchical.features import query_features
+
+__all__ = ["Router", "Decision", "Query", "RouterInputError", "TRACE_COUNT", "ROUTER_POLICIES"]
+
+TRACE_COUNT = {"route": 0, "observe": 0}  # incremented when the jitted steps are traced
+ROUTER_POLICIES = (thompson, simple_utility, epsilon_greedy)  # policy factories with a Beta posterior state
+DEFAULT_CAPACITY = 64
+
+
+class RouterInputError(ValueError):
+    """Bad input to the router (unknown model or decision, value out of range, empty query)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query to route: its text, optionally its prompt length in tokens and an id of yours."""
+
+    text: str
+    input_tokens: int | None = None  # counted with cl100k when None
+    query_id: str | None = None  # lets `observe` find the decision by your id
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the router decided for one query, and why."""
+
+    decision_id: str
+    model: str
+    step: int  # the router's step index t of this decision
+    query_id: str | None
+    input_tokens: int
+    tokens_mean: float  # predicted output tokens of the chosen model
+    tokens_interval: tuple[float, float]  # central 80% interval (10% and 90% quantiles)
+    tokens_sd: float
+    cost_usd: float  # predicted cost of the call: input_tokens * p_in + tokens_mean * p_out
+    utilities: dict[str, float] = field(repr=False)  # every candidate's U_i
+    pi: dict[str, float] = field(repr=False)  # every candidate's sampled success probability
+    explored: bool = False  # the chosen model is not the argmax of U (exploration step)
+
+
+# ---------------------------------------------------------------- the jitted steps (one implementation: policies.py)
+
+
+def _policy_world(family: jax.Array, prices: jax.Array) -> World:
+    """A one-row World carrying what the Beta policies read (families, arrivals); the rest is unused."""
+    c = family.shape[0]
+    z = jnp.zeros((1, c), jnp.float32)
+    return World(quality=z, out_tokens=z, cost=z, pred_cost=z, pred_unc=z, features=jnp.zeros((1, 1), jnp.float32),
+                 category=jnp.zeros((1,), jnp.int32), family=family, arrival_step=jnp.zeros((c,), jnp.int32),
+                 mask=jnp.ones((1, c), bool), prices=prices)
+
+
+def _ctx(t, avail, pred_cost, pred_unc):
+    c = avail.shape[0]
+    z = jnp.zeros((c,), jnp.float32)
+    return Context(t=t, avail=avail, pred_cost=pred_cost, pred_unc=pred_unc, features=jnp.zeros((1,), jnp.float32),
+                   category=jnp.int32(0), quality=z, cost=z)
+
+
+@partial(jax.jit, static_argnames=("policy", "options", "chunk"))
+def _route_jit(hyper: Hyper, family, prices, pstate: BetaState, k_noise, k_fb, t0, avail, pred_cost, pred_unc, *,
+               policy: str, options: tuple, chunk: int):
+    """Steps t0 .. t0 + B - 1 from one posterior: arms (B,), pi (B, C), utilities (B, C)."""
+    TRACE_COUNT["route"] += 1
+    pol = make_policy(policy, hyper, _policy_world(family, prices), options)
+    b = pred_cost.shape[0]
+    # the kernel's noise: step t is row t % chunk of pol.noise(fold_in(k_noise, t // chunk), chunk); draw each
+    # chunk the batch touches once (B consecutive steps span at most n_ch chunks)
+    n_ch = (chunk - 1 + b - 1) // chunk + 1
+    cs = t0 // chunk + jnp.arange(n_ch, dtype=jnp.int32)
+    nz = jax.vmap(lambda c: pol.noise(jax.random.fold_in(k_noise, c), chunk))(cs)
+    nz = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x.reshape(n_ch * chunk, *x.shape[2:]), t0 % chunk, b, 0),
+                      nz)
+    ts = t0 + jnp.arange(b, dtype=jnp.int32)
+
+    def one(t, nz_t, pc, pu):
+        ctx = _ctx(t, avail, pc, pu)
+        draws = pol.sample(pstate, nz_t, k_fb, ctx)
+        arm = pol.choose(pstate, draws, ctx)
+        if hasattr(draws, "pi"):
+            pi = draws.pi
+        else:  # posterior-mean policies
+            a = pstate.prior_a[0] + pstate.s[0]
+            b = pstate.prior_b[0] + jnp.maximum(pstate.n[0].astype(jnp.float32) - pstate.s[0], 0.0)
+            pi = a / (a + b)
+        u = formulas.utility(pi, pc, pu, hyper.lam, hyper.gam, avail)
+        return arm, pi, u
+
+    return jax.vmap(one)(ts, nz, pred_cost, pred_unc)
+
+
+@partial(jax.jit, static_argnames=("policy", "options"))
+def _observe_jit(hyper: Hyper, family, prices, pstate: BetaState, arm, reward, t, *, policy: str, options: tuple):
+    """pol.update for one observed decision."""
+    TRACE_COUNT["observe"] += 1
+    pol = make_policy(policy, hyper, _policy_world(family, prices), options)
+    c = family.shape[0]
+    z = jnp.zeros((c,), jnp.float32)
+    return pol.update(pstate, arm, reward, _ctx(t, jnp.ones((c,), bool), z, z))
+
+
+def _bucket(b: int) -> int:
+    """Padded batch size: the next power of two (a bounded set of compilations)."""
+    return 1 << max(b - 1, 0).bit_length()
+
+
+# ---------------------------------------------------------------- the router
+
+
+class Router:
+    """A Thompson-sampling LLM router with a token-cost forecast, learning online from observed quality."""
+
+    def __init__(self, tokens, models: Sequence[str], *, families: Mapping[str, str] | None = None,
+                 prices: Mapping[str, tuple[float, float]] | None = None, cost_scale: float,
+                 lam: float = 0.3, gam: float = 0.25, priors: Mapping[str, tuple[float, float]] | None = None,
+                 seed: int = 0, key: jax.Array | None = None, policy: str = "thompson", options: Mapping | None = None,
+                 capacity: int | None = None, chunk: int = 32, explore_decay: float = 0.95,
+                 min_explore: float = 0.05, family_strength: float = 20.0):
+        """Build a router.
+
+        Args:
+          tokens: a token forecaster (`StandInTokens` or `PosteriorTokens`) that knows every model.
+          models: the K model names to route between.
+          families: model -> family (default: `catalog.family_of`).
+          prices: model -> (USD per input token, USD per output token) (default: `catalog.price_of`).
+          cost_scale: USD per unit of cost in the utility (lam = 1 trades one unit of quality for it).
+          lam, gam: cost and uncertainty weights of the utility.
+          priors: model -> (alpha, beta) Beta prior of quality (default Beta(1, 1)).
+          seed: the router is episode 0 of `simulate(world, jax.random.key(seed), episodes=1)`.
+          key: a PRNG key instead of `seed`.
+          policy: one of ROUTER_POLICIES (default "thompson", exact Beta sampler).
+          options: static policy options (e.g. {"n_candidates": 3}).
+          capacity: number of model slots (default max(64, K)); fixed for the router's life.
+          chunk: steps per noise chunk (the simulator's effective chunk to replay an episode).
+          explore_decay, min_explore: Thompson's exploration schedule eps_t = max(min_explore, decay ** t).
+          family_strength: pseudo-count cap of the quality prior `add_model` takes from the family.
+        """
+        if resolve_policy(policy) not in ROUTER_POLICIES:
+            raise ValueError(f"Router: policy must be one of {[policy_name(p) for p in ROUTER_POLICIES]}, "
+                             f"got {policy!r}")
+        policy = policy_name(policy)
+        models = list(models)
+        if len(set(models)) != len(models):
+            raise ValueError(f"Router: duplicate model names in {models}")
+        cap = max(DEFAULT_CAPACITY, len(models)) if capacity is None else int(capacity)
+        if cap < max(len(models), 1):
+            raise ValueError(f"Router: capacity {cap} < {len(models)} models")
+        if not (cost_scale > 0 and math.isfinite(cost_scale)):
+            raise ValueError(f"Router: cost_scale must be a positive number of USD, got {cost_scale!r}")
+        if int(chunk) < 1:
+            raise ValueError(f"Router: chunk must be >= 1, got {chunk}")
+        self.tokens = tokens
+        self.policy = policy
+        self.options = tuple(sorted(dict(options or {}).items()))
+        self.capacity = cap
+        self.chunk = int(chunk)
+        self.cost_scale = float(cost_scale)
+        self.family_strength = float(family_strength)
+        self.slots: list[str | None] = [None] * cap  # model name per slot
+        self.model_family: dict[str, str] = {}
+        self.family_names: list[str] = []  # family index -> name (grows)
+        self._prices = np.zeros((cap, 2), np.float64)  # USD per input / output token
+        self._family = np.full(cap, -1, np.int32)
+        self._dev_cache = None
+        self.hyper = default_hyper(cap, lam=lam, gam=gam, explore_decay=explore_decay, min_explore=min_explore)
+        key = jax.random.key(seed) if key is None else key
+        with jax.threefry_partitionable(False):  # simulate's PRNG mode
+            ek = episode_keys(key)
+        self._k_noise, self._k_fb = ek.noise, ek.fallback
+        self.step = 0  # decisions made so far (t of the next decision)
+        self.pending: dict[str, dict[str, Any]] = {}  # decision id -> what observe needs
+        # per-slot bookkeeping (host, float64): decisions, observations, quality, tokens, cost
+        self.stats = np.zeros((cap, 5), np.float64)
+        self.totals = np.zeros(3, np.float64)  # observed: count, quality sum, cost USD sum
+        self.pstate = BetaState(jnp.zeros((1, cap), jnp.int32), jnp.zeros((1, cap), jnp.float32),
+                                jnp.zeros((1, cap), jnp.float32), self.hyper.prior_alpha[None, :],
+                                self.hyper.prior_beta[None, :])  # policies.BetaState: priors (1, C)
+        families = families or {}
+        prices = prices or {}
+        priors = priors or {}
+        unknown = set(priors) - set(models)
+        if unknown:
+            raise ValueError(f"Router: priors name unknown models {sorted(unknown)}")
+        for m in models:
+            self._place(m, families.get(m) or family_of(m), prices.get(m) or price_of(m), priors.get(m, (1.0, 1.0)))
+
+    # ------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def from_data(cls, rd, *, tokens=None, split: str = "test", models: Sequence[str] | None = None,
+                  family_prior: bool = False, **kw) -> "Router":
+        """A router for a dataset's models, in the simulator's units (its World's cost scale on `split`).
+
+        Args:
+          rd: RoutingData (`load_data(...)`).
+          tokens: a forecaster (default: `StandInTokens.from_table(rd.table)`, the simulator's stand-in).
+          split: the split whose mean predicted cost per query sets `cost_scale` (as `world_from_table`).
+          models: models to route between (default: every model of `split`, sorted by name).
+          family_prior: quality priors from each model's family on the training split
+            (`bandit_sim.sim.priors.family_prior_from_train`), else Beta(1, 1).
+          **kw: other `Router` arguments (lam, gam, seed, capacity, chunk, ...).
+        Returns:
+          Router.
+        """
+        t = rd.table if split is None else rd.table[rd.table["split"] == split]
+        models = sorted(t["model"].unique()) if models is None else list(models)
+        tokens = StandInTokens.from_table(rd.table) if tokens is None else tokens
+        fam = rd.table.groupby("model")["family"].first()
+        families = {m: str(fam[m]) for m in models if m in fam.index}
+        if "cost_scale" not in kw:
+            kw["cost_scale"] = cost_scale_of(t, models, tokens, kw.get("prices"))
+        if family_prior and "priors" not in kw:
+            a, b = family_prior_from_train(rd, models)
+            kw["priors"] = {m: (float(x), float(y)) for m, x, y in zip(models, a, b)}
+        return cls(tokens, models, families=families, **kw)
+
+    def _place(self, name: str, family: str, price, prior) -> int:
+        """Put a model into a free slot (host arrays and posterior); returns the slot."""
+        if name in self.slots:
+            raise RouterInputError(f"model {name!r} is already routed to")
+        free = [i for i, s in enumerate(self.slots) if s is None]
+        if not free:
+            raise RouterInputError(f"no free slot: capacity {self.capacity} reached; remove a model or build the "
+                                   f"router with a larger capacity")
+        p = np.asarray(price, np.float64).reshape(-1)
+        if p.shape != (2,) or not np.all(np.isfinite(p)) or np.any(p < 0):
+            raise RouterInputError(f"prices of {name!r} must be (usd_per_input_token, usd_per_output_token) >= 0, "
+                                   f"got {price!r}")
+        a, b = (float(x) for x in prior)
+        if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+            raise RouterInputError(f"quality prior of {name!r} must be Beta(alpha > 0, beta > 0), got {prior!r}")
+        i = free[0]
+        if family not in self.family_names:
+            self.family_names.append(family)
+        self.slots[i] = name
+        self.model_family[name] = family
+        self._prices[i] = p
+        self._family[i] = self.family_names.index(family)
+        self._dev_cache = None
+        self.stats[i] = 0.0
+        st = self.pstate
+        self.hyper = self.hyper._replace(prior_alpha=self.hyper.prior_alpha.at[i].set(a),
+                                         prior_beta=self.hyper.prior_beta.at[i].set(b))
+        self.pstate = BetaState(st.n.at[:, i].set(0), st.s.at[:, i].set(0.0), st.s_comp.at[:, i].set(0.0),
+                                st.prior_a.at[:, i].set(a), st.prior_b.at[:, i].set(b))
+        return i
+
+    # ------------------------------------------------------------ introspection
+
+    @property
+    def models(self) -> list[str]:
+        """Models currently routed to, in slot order."""
+        return [m for m in self.slots if m is not None]
+
+    def prices(self, model: str) -> tuple[float, float]:
+        """(USD per input token, USD per output token) of a model."""
+        return tuple(float(x) for x in self._prices[self._slot(model)])
+
+    def posterior(self) -> dict[str, tuple[float, float]]:
+        """Current Beta(alpha, beta) of every model's quality."""
+        a = np.asarray(self.pstate.prior_a[0] + self.pstate.s[0], np.float64)
+        b = np.asarray(self.pstate.prior_b[0] + jnp.maximum(self.pstate.n[0].astype(jnp.float32) - self.pstate.s[0], 0.0),
+                       np.float64)
+        return {m: (float(a[i]), float(b[i])) for i, m in enumerate(self.slots) if m is not None}
+
+    def summary(self) -> dict[str, Any]:
+        """Totals over observed decisions and per-model counts (JSON-able)."""
+        per = {m: dict(routed=int(self.stats[i, 0]), observed=int(self.stats[i, 1]),
+                       mean_quality=float(self.stats[i, 2] / self.stats[i, 1]) if self.stats[i, 1] else None)
+               for i, m in enumerate(self.slots) if m is not None}
+        n, q, c = self.totals
+        return dict(step=self.step, observed=int(n), total_quality=float(q), total_cost_usd=float(c),
+                    mean_quality=float(q / n) if n else None, pending=len(self.pending), models=per)
+
+    def _slot(self, model: str) -> int:
+        if model not in self.slots:
+            raise RouterInputError(f"unknown model {model!r}; routed models: {self.models}")
+        return self.slots.index(model)
+
+    # ------------------------------------------------------------ routing
+
+    def _queries(self, queries) -> list[Query]:
+        out = []
+        for j, q in enumerate(queries):
+            if isinstance(q, str):
+                q = Query(q)
+            if not isinstance(q, Query):
+                raise RouterInputError(f"query {j}: expected str or Query, got {type(q).__name__}")
+            if not isinstance(q.text, str) or not q.text.strip():
+                raise RouterInputError(f"query {j}: no text (empty or whitespace-only query)")
+            if q.input_tokens is not None and not (isinstance(q.input_tokens, (int, np.integer))
+                                                   and q.input_tokens >= 0):
+                raise RouterInputError(f"query {j}: input_tokens must be an int >= 0, got {q.input_tokens!r}")
+            if q.query_id is not None and any(p["query_id"] == q.query_id for p in self.pending.values()):
+                raise RouterInputError(f"query {j}: query_id {q.query_id!r} already has a pending decision")
+            out.append(q)
+        ids = [q.query_id for q in out if q.query_id is not None]
+        if len(set(ids)) != len(ids):
+            raise RouterInputError("queries: duplicate query_id in one batch")
+        return out
+
+    def route(self, query: str | Query) -> Decision:
+        """Choose a model for one query (one step of the policy).
+
+        Args:
+          query: the prompt text, or a Query (text, input_tokens, query_id).
+        Returns:
+          Decision.
+        Raises:
+          RouterInputError: empty query, no model to route to.
+        """
+        return self.route_batch([query])[0]
+
+    def route_batch(self, queries: Sequence[str | Query]) -> list[Decision]:
+        """Choose models for B queries in one vectorised call (steps t .. t + B - 1, one posterior).
+
+        Args:
+          queries: B prompt texts or Query objects.
+        Returns:
+          B Decisions, in order.
+        Raises:
+          RouterInputError: an empty query (nothing is routed then), no model to route to.
+        """
+        qs = self._queries(queries)
+        b = len(qs)
+        if b == 0:
+            return []
+        active = [i for i, s in enumerate(self.slots) if s is not None]
+        if not active:
+            raise RouterInputError("no model to route to: add one with add_model")
+        names = [self.slots[i] for i in active]
+        in_tok = self._input_tokens(qs)
+        feats = None
+        if self.tokens.needs_features:
+            feats = query_features([q.text for q in qs], input_tokens=in_tok)
+        fc = self.tokens.predict(feats if feats is not None else np.zeros((b, 0), np.float32), names)
+        act = np.array(active)
+        p_in, p_out = self._prices[act, 0], self._prices[act, 1]
+        cost_usd = in_tok[:, None] * p_in[None, :] + fc.mean * p_out[None, :]  # (B, M) float64
+        unc_usd = fc.sd * p_out[None, :]
+        bp = _bucket(b)
+        pc = np.zeros((bp, self.capacity), np.float32)
+        pu = np.zeros((bp, self.capacity), np.float32)
+        pc[:b, act] = (cost_usd / self.cost_scale).astype(np.float32)  # world_from_table's float64 -> float32 order
+        pu[:b, act] = (unc_usd / self.cost_scale).astype(np.float32)
+        avail = np.zeros(self.capacity, bool)
+        avail[act] = True
+        with jax.threefry_partitionable(False):
+            arms, pi, u = _route_jit(self.hyper, *self._dev(), self.pstate, self._k_noise, self._k_fb,
+                                     np.int32(self.step), avail,
+                                     pc, pu, policy=self.policy, options=self.options, chunk=self.chunk)
+        arms, pi, u = jax.device_get((arms, pi, u))
+        col = {s: j for j, s in enumerate(active)}
+        out = []
+        for r, q in enumerate(qs):
+            arm = int(arms[r])
+            j = col[arm]
+            step = self.step + r
+            d = Decision(
+                decision_id=f"d{step}", model=self.slots[arm], step=step, query_id=q.query_id,
+                input_tokens=int(in_tok[r]), tokens_mean=float(fc.mean[r, j]),
+                tokens_interval=(float(fc.lo[r, j]), float(fc.hi[r, j])), tokens_sd=float(fc.sd[r, j]),
+                cost_usd=float(cost_usd[r, j]),
+                utilities={m: float(u[r, i]) for m, i in zip(names, active)},
+                pi={m: float(pi[r, i]) for m, i in zip(names, active)},
+                explored=bool(arm != int(np.argmax(u[r]))))
+            out.append(d)
+        # commit only after everything above succeeded
+        for d in out:
+            slot = self.slots.index(d.model)
+            self.stats[slot, 0] += 1
+            self.pending[d.decision_id] = dict(slot=slot, model=d.model, step=d.step, query_id=d.query_id,
+                                               input_tokens=d.input_tokens)
+        self.step += b
+        return out
+
+    def _dev(self) -> tuple[jax.Array, jax.Array]:
+        """Device copies of the slot families and prices (refreshed when models come or go)."""
+        if self._dev_cache is None:
+            self._dev_cache = (jnp.asarray(self._family), jnp.asarray(self._prices, jnp.float32))
+        return self._dev_cache
+
+    def _input_tokens(self, qs: list[Query]) -> np.ndarray:
+        missing = [j for j, q in enumerate(qs) if q.input_tokens is None]
+        tok = np.array([q.input_tokens or 0 for q in qs], np.float64)
+        if missing:
+            tok[missing] = count_tokens([qs[j].text for j in missing])
+        return tok
+
+    # ------------------------------------------------------------ feedback
+
+    def observe(self, decision: Decision | str, quality: float, output_tokens: int, cost: float | None = None) -> None:
+        """Tell the router how a routed call went (updates the chosen model's posterior).
+
+        Args:
+          decision: the Decision, its decision_id, or the query_id given with the query.
+          quality: quality of the answer in [0, 1] (the reward).
+          output_tokens: tokens the model wrote (>= 0).
+          cost: real cost in USD (default: the price table times the tokens).
+        Raises:
+          RouterInputError: unknown or already observed decision, removed model, quality outside [0, 1],
+            negative or non-integer tokens, negative cost. The state is unchanged then.
+        """
+        did = self._decision_id(decision)
+        p = self.pending[did]
+        q = _number(quality, "quality")
+        if not 0.0 <= q <= 1.0:
+            raise RouterInputError(f"quality must lie in [0, 1], got {quality!r}")
+        tok = _number(output_tokens, "output_tokens")
+        if tok < 0 or tok != int(tok):
+            raise RouterInputError(f"output_tokens must be an integer >= 0, got {output_tokens!r}")
+        slot = p["slot"]
+        if cost is None:
+            cost = p["input_tokens"] * self._prices[slot, 0] + tok * self._prices[slot, 1]
+        cost = _number(cost, "cost")
+        if cost < 0:
+            raise RouterInputError(f"cost must be >= 0 USD, got {cost!r}")
+        with jax.threefry_partitionable(False):
+            new = _observe_jit(self.hyper, *self._dev(), self.pstate, np.int32(slot), np.float32(q),
+                               np.int32(p["step"]), policy=self.policy, options=self.options)
+        self.pstate = new
+        del self.pending[did]
+        self.stats[slot, 1:] += (1.0, q, tok, cost)
+        self.totals += (1.0, q, cost)
+
+    def _decision_id(self, decision) -> str:
+        did = decision.decision_id if isinstance(decision, Decision) else decision
+        if not isinstance(did, str):
+            raise RouterInputError(f"observe: expected a Decision, decision id or query id, got {type(did).__name__}")
+        if did in self.pending:
+            return did
+        by_query = [k for k, p in self.pending.items() if p["query_id"] == did]
+        if by_query:
+            return by_query[0]
+        if did.startswith("d") and did[1:].isdigit() and int(did[1:]) < self.step:
+            raise RouterInputError(f"observe: decision {did!r} was already observed (or its model was removed)")
+        raise RouterInputError(f"observe: no decision {did!r} was made by this router")
+
+    # ------------------------------------------------------------ models come and go
+
+    def add_model(self, name: str, family: str | None = None, prices: tuple[float, float] | None = None) -> None:
+        """Start routing to a new model, with its family's priors for quality and tokens.
+
+        Quality: Beta(1 + w m, 1 + w (1 - m)), m the mean of the family's current posterior means weighted by
+        their evidence (alpha + beta - 2), w = min(family_strength, total evidence); Beta(1, 1) without relatives.
+        Tokens: the forecaster's family prior (`add_new_model` with n = 0 for the hierarchical model).
+
+        Args:
+          name: model name (new to this router).
+          family: its family (default `catalog.family_of(name)`).
+          prices: (USD per input token, USD per output token) (default `catalog.price_of(name)`).
+        Raises:
+          RouterInputError: name already present, capacity full, bad prices.
+        """
+        if not isinstance(name, str) or not name:
+            raise RouterInputError(f"add_model: name must be a non-empty str, got {name!r}")
+        if name in self.slots:
+            raise RouterInputError(f"add_model: model {name!r} is already routed to")
+        if None not in self.slots:
+            raise RouterInputError(f"add_model: capacity {self.capacity} reached; remove a model first")
+        family = family or family_of(name)
+        prices = price_of(name) if prices is None else prices
+        prior = self.family_prior(family)
+        self.tokens.add_model(name, family)
+        self._place(name, family, prices, prior)
+
+    def family_prior(self, family: str) -> tuple[float, float]:
+        """Beta prior of quality a new model of `family` gets now (see `add_model`)."""
+        post = self.posterior()
+        rel = [post[m] for m in self.models if self.model_family[m] == family]
+        ev = np.array([a + b - 2.0 for a, b in rel])
+        mean = np.array([a / (a + b) for a, b in rel])
+        tot = float(ev.sum()) if rel else 0.0
+        if tot <= 0:
+            return 1.0, 1.0
+        a, b = formulas.pseudo_count_prior(1.0, 1.0, float((ev * mean).sum()), tot, self.family_strength, xp=np)
+        return float(a), float(b)
+
+    def remove_model(self, name: str) -> None:
+        """Stop routing to `name`; its pending decisions are dropped (observing them raises).
+
+        Raises:
+          RouterInputError: unknown model, or it is the last one.
+        """
+        slot = self._slot(name)
+        self.slots[slot] = None
+        self.model_family.pop(name)
+        self.tokens.remove_model(name)
+        self.pending = {k: p for k, p in self.pending.items() if p["slot"] != slot}
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, path) -> "Path":  # noqa: F821
+        """Write the whole router to `path` (.npz: arrays + JSON), atomically; see `bandit_sim.router.state`."""
+        arrays, meta = _router_to_state(self)
+        return state_file.write_state(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path, *, tokens=None) -> "Router":
+        """Read a router written by `save` (migrating older versions); see `bandit_sim.router.state`."""
+        arrays, meta = state_file.read_and_migrate(path, tokens=tokens)
+        try:
+            return _restore(arrays, meta, tokens, path)
+        except KeyError as exc:
+            raise state_file.RouterStateError(f"{path}: metadata lacks {exc}") from exc
+
+
+def _number(x, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise RouterInputError(f"{name} must be a number, got {type(x).__name__} {x!r}")
+    v = float(x)
+    if not math.isfinite(v):
+        raise RouterInputError(f"{name} must be finite, got {x!r}")
+    return v
+
+
+def cost_scale_of(table, models: Sequence[str], tokens, prices: Mapping | None = None) -> float:
+    """The simulator's cost unit for a table: max over models of the mean predicted cost per query (USD).
+
+    Same arithmetic as `world_from_table` (float64; queries in `pivot_index` order; only present entries).
+
+    Args:
+      table: tidy rows of one split.
+      models: models in the router.
+      tokens: the forecaster (its mean tokens price the calls).
+      prices: optional model -> (p_in, p_out); default `catalog.price_of`.
+    Returns:
+      float USD.
+    """
+    prompt_ids, _ = pivot_index(table, None)
+    sub = table[table["model"].isin(list(models))]
+    n, k = len(prompt_ids), len(models)
+    qi = {p: i for i, p in enumerate(prompt_ids)}
+    mi = {m: j for j, m in enumerate(models)}
+    mask = np.zeros((n, k), bool)
+    mask[sub["prompt_id"].map(qi).to_numpy(), sub["model"].map(mi).to_numpy()] = True
+    in_tok = table.groupby("prompt_id", sort=False)["input_tokens"].max().reindex(prompt_ids).to_numpy(np.float64)
+    pr = np.array([(prices or {}).get(m) or price_of(m) for m in models], np.float64)
+    feats = None
+    if tokens.needs_features:
+        feats = prompt_features(table, prompt_ids)
+    mean_tok = tokens.predict(feats if feats is not None else np.zeros((n, 0), np.float32), list(models)).mean
+    pred_usd = in_tok[:, None] * pr[None, :, 0] + mean_tok * pr[None, :, 1]
+    mean_pred = np.where(mask, pred_usd, 0).sum(0) / np.maximum(mask.sum(0), 1)
+    return float(mean_pred.max())
+
+
+# ---------------------------------------------------------------- router <-> (arrays, meta) of the state file
+
+
+def _router_to_state(r) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    st = r.pstate
+    arrays = {"state/n": st.n, "state/s": st.s, "state/s_comp": st.s_comp, "state/prior_a": st.prior_a,
+              "state/prior_b": st.prior_b, "family": r._family, "prices": r._prices, "stats": r.stats,
+              "totals": r.totals, "key/noise": jax.random.key_data(r._k_noise),
+              "key/fallback": jax.random.key_data(r._k_fb)}
+    arrays.update({f"hyper/{k}": v for k, v in r.hyper._asdict().items()})
+    arrays = {k: np.asarray(jax.device_get(v)) for k, v in arrays.items()}
+    tok_arrays, tok_meta = r.tokens.to_state()
+    arrays.update({f"tokens/{k}": np.asarray(v) for k, v in tok_arrays.items()})
+    meta = dict(format=state_file.FORMAT, version=state_file.VERSION, policy=r.policy, options=[list(o) for o in r.options],
+                capacity=r.capacity, chunk=r.chunk, cost_scale=r.cost_scale, family_strength=r.family_strength,
+                step=r.step, slots=r.slots, model_family=r.model_family, family_names=r.family_names,
+                pending=r.pending, key_impl=str(jax.random.key_impl(r._k_noise)),
+                tokens=dict(kind=r.tokens.kind, meta=tok_meta))
+    return arrays, meta
+
+
+def _restore(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, path):
+    cap = int(meta["capacity"])
+    state_file.need(arrays, ["state/n", "state/s", "state/s_comp", "state/prior_a", "state/prior_b", "family", "prices",
+                   "stats", "totals", "key/noise", "key/fallback"] + [f"hyper/{f}" for f in Hyper._fields], path)
+    shapes = {"state/n": (1, cap), "state/s": (1, cap), "state/s_comp": (1, cap), "state/prior_a": (1, cap),
+              "state/prior_b": (1, cap), "family": (cap,), "prices": (cap, 2), "stats": (cap, 5),
+              "totals": (3,)}
+    for k, shp in shapes.items():
+        if arrays[k].shape != shp:
+            raise state_file.RouterStateError(f"{path}: array {k!r} has shape {arrays[k].shape}, expected {shp}")
+    if len(meta["slots"]) != cap:
+        raise state_file.RouterStateError(f"{path}: {len(meta['slots'])} slots for capacity {cap}")
+    r = Router.__new__(Router)
+    if tokens is None:
+        tk = {k[7:]: v for k, v in arrays.items() if k.startswith("tokens/")}
+        try:
+            tokens = tokens_from_state(meta["tokens"]["kind"], tk, meta["tokens"]["meta"])
+        except (KeyError, ValueError) as exc:
+            raise state_file.RouterStateError(f"{path}: token model unreadable ({exc})") from exc
+    r.tokens = tokens
+    r.policy = meta["policy"]
+    r.options = tuple(tuple(o) for o in meta["options"])
+    r.capacity, r.chunk = cap, int(meta["chunk"])
+    r.cost_scale, r.family_strength = float(meta["cost_scale"]), float(meta["family_strength"])
+    r.slots = list(meta["slots"])
+    r.model_family = dict(meta["model_family"])
+    r.family_names = list(meta["family_names"])
+    r._prices = arrays["prices"].astype(np.float64)
+    r._family = arrays["family"].astype(np.int32)
+    r._dev_cache = None
+    r.hyper = Hyper(**{f: jnp.asarray(arrays[f"hyper/{f}"], jnp.float32) for f in Hyper._fields})
+    r._k_noise = jax.random.wrap_key_data(arrays["key/noise"])
+    r._k_fb = jax.random.wrap_key_data(arrays["key/fallback"])
+    r.step = int(meta["step"])
+    r.pending = {k: dict(v) for k, v in meta["pending"].items()}
+    r.stats = arrays["stats"].astype(np.float64)
+    r.totals = arrays["totals"].astype(np.float64)
+    r.pstate = BetaState(jnp.asarray(arrays["state/n"], jnp.int32), jnp.asarray(arrays["state/s"], jnp.float32),
+                         jnp.asarray(arrays["state/s_comp"], jnp.float32),
+                         jnp.asarray(arrays["state/prior_a"], jnp.float32),
+                         jnp.asarray(arrays["state/prior_b"], jnp.float32))
+    missing = [m for m in r.models if m not in _known_models(r.tokens)]
+    if missing:
+        raise state_file.RouterStateError(f"{path}: the token model has no forecast for routed models {missing}")
+    return r
+
+
+def _known_models(tokens) -> list[str]:
+    return list(tokens.models) if hasattr(tokens, "models") else list(tokens.stats)
