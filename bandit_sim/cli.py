@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import jax
 
 from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import load_data
 from bandit_sim.data.schema import DataValidationError
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import run_compare
-from bandit_sim.experiments.pipeline import run_all
+from bandit_sim.experiments.pipeline import STAGES, run_all
 from bandit_sim.experiments.sweep import parse_range, run_sweep
 from bandit_sim.experiments.token_eval import PROMPT_METHODS, run_token_eval
 
@@ -54,22 +57,29 @@ def _cmd_data_validate(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    return run_all(Path(args.out), seed=args.seed, quick=args.quick)
+    return run_all(Path(args.out), seed=args.seed, quick=args.quick, stages=args.stages)
 
 
 def _add_experiment_subparsers(sub) -> None:
     """Register `compare`, `coldstart` and `sweep` on the `bandit-sim` subparsers."""
-    c = sub.add_parser("compare", help="every baseline and the Thompson routers side by side (report + metrics.json)")
+    c = sub.add_parser("compare", help="every router in a cold and a warm track over prompt-level folds "
+                                       "(report + metrics.json + plots)")
     c.add_argument("--data", default="routerbench", help=DATA_HELP)
-    c.add_argument("--episodes", type=int, default=1000, help="episodes per policy (default 1000)")
     c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--folds", type=int, default=5, help="prompt-level folds (default 5)")
+    c.add_argument("--episodes", type=int, default=16,
+                   help="episodes per learner and lambda, on validation and test (default 16)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--tokens", choices=("hierarchical", "standin"), default="hierarchical",
-                   help="token model behind the cost/uncertainty terms (default: hierarchical)")
+                   help="token model behind the cost/uncertainty terms, fit per fold on its training prompts "
+                        "(default: hierarchical)")
     c.add_argument("--target-retention", type=float, default=0.95,
-                   help="quality retention the validation-split lambda selection aims for (default 0.95)")
-    c.add_argument("--strong", help="strong model of the APGR/CPT pair (default: the premium model)")
-    c.add_argument("--weak", help="weak model of the pair (default: best model costing <= 10%% of the strong one)")
+                   help="quality retention the validation lambda selection aims for (default 0.95)")
+    c.add_argument("--premium", help="the premium model (default: the best by training-split quality, ties cheaper)")
+    c.add_argument("--uncertainty", choices=("scaled", "research"), default="scaled",
+                   help="utility form: pi - lam*(cost + 0.25*sd) (scaled, default: lam = 0 is quality only) or "
+                        "pi - lam*cost - 0.25*sd (research)")
+    c.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of the intervals (default 200)")
     c.add_argument("--quick", action="store_true", help="small settings (smoke test)")
     c.set_defaults(func=_cmd_compare)
 
@@ -112,13 +122,17 @@ def _positive(name: str, v, lo=1):
 
 def _cmd_compare(args) -> int:
     _positive("episodes", args.episodes)
+    _positive("folds", args.folds, lo=2)
+    _positive("bootstrap", args.bootstrap, lo=10)
     if not 0 < args.target_retention <= 1.5:
         raise ValueError(f"--target-retention must be in (0, 1.5], got {args.target_retention}")
-    r = run_compare(args.data, Path(args.out), episodes=args.episodes, seed=args.seed, tokens=args.tokens,
-                    target_retention=args.target_retention, quick=args.quick, strong=args.strong, weak=args.weak)
-    t = r["policies"]["thompson"]
-    print(f"wrote {args.out}/report.md: thompson retention {t['quality_retention']['mean']:.3f}, "
-          f"cost reduction {t['cost_reduction']['mean']:.3f}")
+    r = run_compare(args.data, Path(args.out), folds=args.folds, episodes=args.episodes, seed=args.seed,
+                    tokens=args.tokens, target_retention=args.target_retention, premium=args.premium,
+                    uncertainty=args.uncertainty, bootstrap=args.bootstrap, quick=args.quick)
+    h = r["headline"]
+    print(f"wrote {args.out}/report.md: headline {h['router']} (warm track, chosen on validation): retention "
+          f"{h['test']['quality_retention']['mean']:.3f}, cost reduction {h['test']['cost_reduction']['mean']:.3f}, "
+          f"AIQ {h['test']['aiq']['mean']:.3f}")
     return 0
 
 
@@ -133,14 +147,16 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_coldstart(args) -> int:
-    _positive("episodes", args.episodes)
+    _positive("episodes", args.episodes, lo=2)
     _positive("arrival", args.arrival, lo=0)
-    if args.lam < 0 or args.gam < 0 or args.threshold <= 0:
-        raise ValueError("--lam and --gam must be >= 0 and --threshold > 0")
-    r = run_coldstart(args.data, Path(args.out), episodes=args.episodes, arrival=args.arrival, seed=args.seed,
-                      lam=args.lam, gam=args.gam, threshold=args.threshold, tokens=args.tokens, quick=args.quick,
+    _positive("horizon", args.horizon, lo=100)
+    if args.lam < 0 or args.gamma < 0:
+        raise ValueError("--lam and --gamma must be >= 0")
+    r = run_coldstart(args.data, Path(args.out), episodes=args.episodes, arrival=args.arrival, horizon=args.horizon,
+                      seed=args.seed, lam=args.lam, gamma=args.gamma, tokens=args.tokens, quick=args.quick,
                       incumbents=args.incumbents)
-    print(f"wrote {args.out}/report.md: convergence reduction {r['reduction']:.3f} (p = {r['p_value']:.2g})")
+    print(f"wrote {args.out}/report.md: regret over the next 500 queries reduced by "
+          f"{r['regret_next_500_reduction']:.3f} with the family prior (p = {r['p_value']:.3g})")
     return 0
 
 
@@ -214,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="output folder (default: results)")
     r.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     r.add_argument("--quick", action="store_true", help="a small, fast version of every stage (smoke test)")
+    r.add_argument("--stage", action="append", dest="stages", metavar="NAME",
+                   help="run only this stage (repeatable): " + ", ".join(st.name for st in STAGES))
     r.set_defaults(func=_cmd_run)
 
     _add_tokens_subparser(sub)
@@ -226,9 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _enable_compilation_cache() -> None:
+    """A persistent JAX compilation cache for the CLI: a rerun of a command skips the XLA compilations.
+
+    `$BANDIT_SIM_JAX_CACHE` (default ~/.cache/bandit-sim/jax) names the folder; set it to "off" to disable.
+    """
+    where = os.environ.get("BANDIT_SIM_JAX_CACHE", str(Path.home() / ".cache" / "bandit-sim" / "jax"))
+    if where.lower() in ("off", "0", "none", ""):
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv=None) -> int:
     """Entry point of the `bandit-sim` console script."""
     args = build_parser().parse_args(argv)
+    _enable_compilation_cache()
     try:
         return int(args.func(args) or 0)
     except DataValidationError as exc:

@@ -12,12 +12,47 @@ Q = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 0]], dtype=float)
 C = np.array([[1, 2, 10], [1, 2, 10], [1, 2, 10], [1, 2, 10]], dtype=float)
 
 
-def test_oracle_cheapest_best_and_best_single():
+def test_oracle_cheapest_best_and_best_fixed():
     # q0: best 1 at models 0,2 -> cheapest 0; q1: 1,2 -> 1; q2: only 2; q3: 0,1 -> 0
     np.testing.assert_array_equal(M.oracle_decisions(Q, C), [0, 1, 2, 0])
-    assert M.best_single(Q, C) == 2  # mean quality 0.75 vs 0.5, 0.5
+    assert M.best_fixed_model(Q, C) == 2  # mean quality 0.75 vs 0.5, 0.5
     # tie on quality -> lower total cost wins
-    assert M.best_single(np.array([[1.0, 1.0]]), np.array([[5.0, 3.0]])) == 1
+    assert M.best_fixed_model(np.array([[1.0, 1.0]]), np.array([[5.0, 3.0]])) == 1
+    # under a cost weight the best fixed model changes: utilities 0.5 - 0.1, 0.5 - 0.2, 0.75 - 1.0
+    assert M.best_fixed_model(Q, C, lam=0.1) == 0
+    # the oracle sweep: at lam ~ 0 the oracle, at a large lam the cheapest model everywhere
+    d = M.oracle_sweep(Q, C, np.array([1e-9, 100.0]))
+    np.testing.assert_array_equal(d[0], M.oracle_decisions(Q, C))
+    np.testing.assert_array_equal(d[1], [0, 0, 0, 0])
+
+
+def test_premium_is_best_on_training_quality_ties_cheaper():
+    assert M.premium_model([0.7, 0.8, 0.8], [1.0, 3.0, 2.0]) == 2
+    assert M.premium_model([0.7, 0.8], [1.0, 3.0], models=["a", "b"], name="a") == 0
+    with pytest.raises(ValueError, match="premium model 'c'"):
+        M.premium_model([0.7, 0.8], [1.0, 3.0], models=["a", "b"], name="c")
+
+
+def test_sweep_pgr_apgr_cpt():
+    # a router that is random mixing: PGR = share -> APGR 0.5, CPT(50%) = 0.5
+    share, pgr = M.sweep_pgr([0.25, 0.5, 0.75], [0.25, 0.5, 0.75], r_strong=1.0, r_weak=0.0)
+    np.testing.assert_allclose(share, [0, 0.25, 0.5, 0.75, 1])
+    assert M.apgr_from_sweep(share, pgr) == pytest.approx(0.5)
+    assert M.cpt_from_sweep(share, pgr, 0.5) == pytest.approx(0.5)
+    # a perfect router recovers everything at the share of queries where strong wins (0.2)
+    share, pgr = M.sweep_pgr([0.2], [1.0], r_strong=1.0, r_weak=0.0)
+    assert M.apgr_from_sweep(share, pgr) == pytest.approx(0.9)
+    assert M.cpt_from_sweep(share, pgr, 0.8) == pytest.approx(0.16)
+
+
+def test_regret_against_oracle_and_best_fixed():
+    rows_q, rows_c = Q[None], C[None]
+    d = np.array([[2, 2, 2, 2]])  # always premium
+    q, c = Q[np.arange(4), d[0]][None], C[np.arange(4), d[0]][None]
+    r_orc = M.regret_per_step(q, c, rows_q, rows_c, lam=0.0, reference="oracle")
+    np.testing.assert_allclose(r_orc, [[0, 0, 0, 1]])  # the oracle gets 1 on every query
+    r_fix = M.regret_per_step(q, c, rows_q, rows_c, lam=0.0, reference="best_fixed", fixed=2)
+    np.testing.assert_allclose(r_fix, 0.0)  # premium is the best fixed model at lam 0
 
 
 def test_summarize_hand_computed():
@@ -112,18 +147,34 @@ def test_apgr_random_scores_near_half():
 
 
 def test_rolling_mean_and_convergence():
-    np.testing.assert_allclose(M.rolling_mean(np.arange(5.0), 2), [0.5, 1.5, 2.5, 3.5])
+    # trailing windows, shorter at the start
+    np.testing.assert_allclose(M.rolling_mean(np.arange(5.0), 2), [0.0, 0.5, 1.5, 2.5, 3.5])
     t = 200
     reg = np.zeros((3, t))
-    reg[0, :100] = 1.0  # windows ending at step <= 149 contain a 1 at the threshold 0.01
-    reg[1, :] = 0.0  # below from the first window: converges at `window` queries
+    reg[0, :100] = 1.0  # windows ending at step <= 148 contain a 1 above the threshold 0.01
+    reg[1, :] = 0.0  # below from the first step: converges at 0 queries
     reg[2, -1] = 1.0  # the last window is above: never converges
     res = M.convergence_time(reg, threshold=0.01, window=50)
-    # episode 0: window j covers steps j..j+49; last above is j = 99 (contains step 99); first below j = 100,
-    # ending at step 149 -> 150 queries
-    np.testing.assert_array_equal(res.queries, [150, 50, t])
+    # episode 0: the window ending at step 148 covers steps 99..148 (contains step 99): last above t = 148 -> 149
+    np.testing.assert_array_equal(res.queries, [149, 0, t])
     np.testing.assert_array_equal(res.converged, [True, True, False])
-    # a spike that lifts one window above the threshold later resets convergence
+    # a spike that lifts the windows ending at 120..169 above the threshold later resets convergence
     reg2 = np.zeros(t)
     reg2[120] = 1.0
-    assert M.convergence_time(reg2, 0.01).queries[0] == 121 + 50
+    assert M.convergence_time(reg2, 0.01).queries[0] == 170
+
+
+def test_convergence_is_the_kernels_definition():
+    """The kernel's in-scan convergence equals metrics.convergence_time on the kernel's own regret trajectory."""
+    import jax
+
+    from bandit_sim.sim.policies import default_hyper
+    from bandit_sim.sim.simulate import simulate
+    from bandit_sim.sim.world import toy_world
+
+    w, _ = toy_world(n=120, k=4, seed=3)
+    m, traj = simulate(w, jax.random.key(1), default_hyper(4), policy="thompson", episodes=6, steps=300,
+                       trajectories=True, conv_threshold=0.08)
+    res = M.convergence_time(np.asarray(traj.regret, np.float64), 0.08, 50)
+    np.testing.assert_array_equal(res.queries, np.asarray(m.convergence))
+    np.testing.assert_array_equal(res.converged, np.asarray(m.converged))

@@ -2,21 +2,27 @@
 
 Protocol (DESIGN.md "Cold start"), for each family with at least two models, in turn:
 - The new model is the family's best model on the training split (the newcomer worth adopting). It is absent for
-  the first `arrival` queries of every episode (masked, utility -inf), then available.
+  the first `arrival` queries of every episode (masked), then available; each episode routes `arrival + horizon`
+  test queries (concatenated random permutations of the test prompts).
 - The other models start from their posterior after the training split (`incumbents="warm"`, default: an
   established router meets a newcomer), or from Beta(1, 1) (`incumbents="flat"`).
-- Family prior: its quality prior is Beta(1 + w*m, 1 + w*(1-m)) from the training record of the other models of its
-  family (m their mean quality, w = min(20, their rows)); its token prediction (cost and uncertainty terms) comes
-  from the hierarchical model's family prior (the model is left out of the token fit). Flat prior: Beta(1, 1) and
-  the token model's global prior. Every other arm is identical in both conditions, and both conditions share the
-  episode keys (common random numbers), so the comparison is paired per episode.
-- Convergence after arrival: the number of queries after the arrival after which the rolling mean (window 50) of
-  instantaneous regret stays below `threshold` until the end of the episode (`bandit_sim.experiments.metrics.convergence_time`).
-  Regret is the kernel's pseudo-regret against the best available model in hindsight under the same utility.
-- Regret over the next 500 queries after the arrival; the new model's share of the post-arrival queries.
-- Token error of the new model after n = 0, 10, 50, 100 observations of it (hierarchical conjugate update from the
-  family prior vs from the global prior), MAE on its test-split answers.
-- Significance: Wilcoxon signed-rank on the paired per-episode convergence times (pooled over families, and per family).
+- Family prior: the newcomer's quality prior is Beta(1 + w*m, 1 + w*(1-m)) from the training record of the other
+  models of its family (m their mean quality, w = min(20, their rows)); its token forecast (cost and uncertainty
+  terms) is the hierarchical model's family prior (the model is left out of the token fit). Flat prior: Beta(1, 1)
+  and the token model's global prior. Everything else is identical, the episodes share their random streams, and
+  both conditions use one cost unit (the largest mean realised cost per query on the training split), so lambda and
+  regret mean the same in both.
+- Pure Thompson sampling: no forced exploration (explore_decay = min_explore = 0; the posterior's spread explores).
+- Regret over the next 100 and 500 queries after the arrival: the sum of max_i mu_i(x) - mu_a(x) with
+  mu_i(x) = qbar_i - lam * cost_i(x) (qbar_i the model's mean test quality, cost its realised normalised cost): the
+  pseudo-regret against the router that knows every model (the same reference in both conditions).
+- Identification: the number of queries after the arrival until the newcomer's share of pulls (rolling window of
+  50 queries) comes within 20% of its share under full knowledge (the share of queries where it maximises mu) and
+  stays there (the one convergence rule of `metrics.convergence_time`; band at least 1/50 wide); the horizon if never.
+- Token error of the new model after n = 0, 10, 50, 100 observations of it (family prior vs global prior).
+- Uncertainty and tests paired over episodes and over newcomers: intervals from a bootstrap over newcomers, then
+  episodes within them; the p-value of the regret reduction from a paired t-test over the (newcomer, episode)
+  units (and a Wilcoxon signed-rank test beside it), at full precision.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from tqdm.auto import tqdm
 from bandit_sim.data.features import prompt_features
 from bandit_sim.data.loaders import RoutingData, load_data
 from bandit_sim.experiments import metrics as M
-from bandit_sim.experiments.protocol import run_policy
+from bandit_sim.experiments.protocol import run_policy, training_cost_scale
 from bandit_sim.experiments.report import command_line, md_table, savefig, short_name, write_json
 from bandit_sim.experiments.stats import bootstrap_ci, paired_test
 from bandit_sim.sim.priors import family_prior_from_train, warm_prior_from_train
@@ -45,6 +51,7 @@ __all__ = ["run_coldstart", "NEW_MODEL_N"]
 
 NEW_MODEL_N = (0, 10, 50, 100)
 WINDOW = 50
+BAND = 0.2  # identification: within 20% of the full-knowledge share
 
 
 def _newcomers(rd) -> dict[str, str]:
@@ -62,8 +69,6 @@ def _newcomers(rd) -> dict[str, str]:
 
 def _token_mae_after_n(rd, fit, model: str, seed: int) -> dict:
     """MAE of the new model's predicted median tokens on its test rows after n observations from train."""
-
-
     t = rd.table[rd.table["model"] == model]
     train = t[t["split"] == "train"].sample(frac=1.0, random_state=seed)
     test = t[t["split"] == "test"]
@@ -81,17 +86,41 @@ def _token_mae_after_n(rd, fit, model: str, seed: int) -> dict:
     return out
 
 
-def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 200, seed: int = 0, lam: float = 0.3,
-                  gam: float = 0.25, threshold: float = 0.02, tokens: str = "hierarchical", quick: bool = False,
-                  incumbents: str = "warm", argv=None, progress: bool = True) -> dict:
+def _identification(is_new: np.ndarray, target: float) -> np.ndarray:
+    """Queries after the arrival until the rolling share of pulls of the newcomer stays within the band of `target`.
+
+    Args:
+      is_new: (E, H) 1 where the newcomer was pulled. target: its share under full knowledge.
+    Returns:
+      (E,) float: 1 + the last step whose rolling share lies outside the band (0 if none; H if the last does).
+    """
+    tol = max(BAND * target, 1.0 / WINDOW)
+    outside = np.abs(M.rolling_mean(is_new.astype(np.float64), WINDOW) - target) > tol
+    # the one convergence rule: "stays within" = the rolling deviation indicator stays below 1/2
+    return M.convergence_time(outside.astype(np.float64), 0.5, 1).queries.astype(np.float64)
+
+
+def _hier_ci(x: np.ndarray, rng, b: int = 2000) -> dict:
+    """Mean of x (newcomers, episodes) with a 95% bootstrap interval over newcomers, then episodes within them."""
+    x = np.asarray(x, np.float64)
+    n, e = x.shape
+    pick_n = rng.integers(0, n, (b, n))
+    pick_e = rng.integers(0, e, (b, n, e))
+    boot = x[pick_n[..., None], pick_e].mean((1, 2))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(x.mean()), "ci95": [float(lo), float(hi)]}
+
+
+def run_coldstart(data: str | RoutingData, out: Path, *, episodes: int = 100, arrival: int = 200, horizon: int = 500,
+                  seed: int = 0, lam: float = 0.3, gamma: float = 0.25, tokens: str = "hierarchical",
+                  quick: bool = False, incumbents: str = "warm", argv=None, progress: bool = True) -> dict:
     """Run the cold-start protocol and write DIR/metrics.json, DIR/report.md, DIR/convergence.png.
 
     Args:
-      data: dataset; out: folder; episodes: E per family and prior; arrival: T0 queries before the arrival;
-      seed: base seed; lam, gam: utility weights; threshold: convergence threshold; tokens: "hierarchical" or
-      "standin"; quick: smoke settings; incumbents: "warm" (the other models start from their training-split
-      posterior: an established router meets a newcomer) or "flat" (everything starts from Beta(1, 1));
-      argv: command to record; progress: progress bar.
+      data: dataset name, path or RoutingData; out: folder; episodes: E per newcomer and prior; arrival: T0 queries
+        before the arrival; horizon: queries measured after it (>= 100); seed: base seed; lam: cost weight; gamma:
+        uncertainty weight (utility pi - lam * (cost + gamma * sd)); tokens: "hierarchical" or "standin"; quick:
+        smoke settings; incumbents: "warm" or "flat" (see the module doc); argv: command to record; progress: bar.
     Returns:
       metrics dict.
     """
@@ -102,18 +131,23 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
     data = rd.name
     if not rd.has_quality:
         raise ValueError(f"dataset {data!r} has no quality signal; cold start needs routing quality")
+    if incumbents not in ("warm", "flat"):
+        raise ValueError(f"incumbents must be 'warm' or 'flat', got {incumbents!r}")
+    if int(arrival) < 0 or int(horizon) < 100 or int(episodes) < 2:
+        raise ValueError(f"need arrival >= 0, horizon >= 100 and episodes >= 2; got {arrival}, {horizon}, {episodes}")
+    if lam < 0 or gamma < 0:
+        raise ValueError(f"lam and gamma must be >= 0, got {lam}, {gamma}")
     newcomers = _newcomers(rd)
     if not newcomers:
         raise ValueError(f"dataset {data!r} has no family with two or more models: no family prior to compare")
-    n_test = rd.split("test")["prompt_id"].nunique()
-    if incumbents not in ("warm", "flat"):
-        raise ValueError(f"incumbents must be 'warm' or 'flat', got {incumbents!r}")
-    if not 0 <= arrival < n_test - WINDOW:
-        raise ValueError(f"--arrival {arrival} must leave at least {WINDOW} of the {n_test} test queries after it")
+    scale = training_cost_scale(rd)
+    steps = int(arrival) + int(horizon)
+    explore = {"explore_decay": 0.0, "min_explore": 0.0}
+    rng = np.random.default_rng(seed)
 
     per_family, curves = {}, {}
-    conv_fam_all, conv_flat_all, reg_fam_all, reg_flat_all = [], [], [], []
-    for fam, model in tqdm(list(newcomers.items()), desc="coldstart", unit="family", disable=not progress):
+    units = {c: {"r100": [], "r500": [], "ident": []} for c in ("family_prior", "flat_prior")}
+    for fam, model in tqdm(list(newcomers.items()), desc=f"coldstart {data}", unit="family", disable=not progress):
         worlds = {}
         if tokens == "hierarchical":
             fit = fit_token_model(rd, seed=seed, exclude_models=[model], quick=quick)
@@ -124,10 +158,11 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
             mean_g[:, j:j + 1], sd_g[:, j:j + 1] = predict_grid(fit, rd, "test", prior={model: "global"}, seed=seed,
                                                                 columns=[model])
             for cond, pred in (("family_prior", (mean, sd)), ("flat_prior", (mean_g, sd_g))):
-                worlds[cond] = world_from_table(rd.table, "test", pred=pred, arrival={model: arrival})
+                worlds[cond] = world_from_table(rd.table, "test", pred=pred, arrival={model: arrival},
+                                                cost_scale=scale)
             token_mae = _token_mae_after_n(rd, fit, model, seed)
         else:
-            w = world_from_table(rd.table, "test", arrival={model: arrival})
+            w = world_from_table(rd.table, "test", arrival={model: arrival}, cost_scale=scale)
             worlds = {"family_prior": w, "flat_prior": w}
             token_mae = None
         res = {}
@@ -143,77 +178,85 @@ def run_coldstart(data: str, out: Path, *, episodes: int = 500, arrival: int = 2
             if cond == "family_prior":
                 fa, fb = family_prior_from_train(rd, info.models)
                 a[j], b[j] = fa[j], fb[j]
-            m, traj = run_policy(w, info, "thompson", episodes=episodes, seed=seed, lam=lam, gam=gam,
-                                 trajectories=True, conv_threshold=threshold,
-                                 hyper_overrides={"prior_alpha": a, "prior_beta": b})
-            regret = np.asarray(jax.device_get(traj.regret), np.float64)[:, arrival:]  # (E, T - T0)
+            _, traj = run_policy(w, info, "thompson", episodes=episodes, seed=seed, lam=lam, gam=lam * gamma,
+                                 steps=steps, trajectories=True,
+                                 hyper_overrides={"prior_alpha": a, "prior_beta": b, **explore})
+            q, c = np.asarray(w.quality, np.float64), np.asarray(w.cost, np.float64)
+            m = np.asarray(w.mask)
+            qbar = np.where(m, q, 0).sum(0) / np.maximum(m.sum(0), 1)
+            mu = np.where(m, qbar[None, :] - lam * c, -np.inf)  # (N, K) the full-knowledge reference
+            order = np.asarray(jax.device_get(traj.query))[:, arrival:]  # (E, H)
             arms = np.asarray(jax.device_get(traj.arm))[:, arrival:]
-            conv = M.convergence_time(regret, threshold, WINDOW)
-            res[cond] = {"conv": conv.queries.astype(float), "converged": conv.converged,
-                         "regret500": regret[:, :500].sum(1), "share_new": (arms == j).mean(1),
-                         "rolling": M.rolling_mean(regret, WINDOW), "prior": [float(a[j]), float(b[j])]}
+            mu_t = mu[order]  # (E, H, K)
+            inst = mu_t.max(-1) - np.take_along_axis(mu_t, arms[..., None], -1)[..., 0]
+            target = float((mu.argmax(1) == j).mean())
+            res[cond] = {"r100": inst[:, :100].sum(1), "r500": inst[:, :500].sum(1),
+                         "ident": _identification(arms == j, target), "share": (arms == j).mean(1),
+                         "rolling": M.rolling_mean(inst, WINDOW), "target": target,
+                         "prior": [float(a[j]), float(b[j])]}
         f, fl = res["family_prior"], res["flat_prior"]
-        test = paired_test(f["conv"], fl["conv"], "wilcoxon", seed=seed)
-        test_r = paired_test(f["regret500"], fl["regret500"], "wilcoxon", seed=seed)
+        t_r = paired_test(f["r500"], fl["r500"], "ttest", seed=seed)
         per_family[fam] = {
-            "new_model": model,
-            "family_prior": {"convergence_queries_median": float(np.median(f["conv"])),
-                             "convergence_queries_mean": bootstrap_ci(f["conv"], seed=seed).as_dict(),
-                             "converged_share": float(f["converged"].mean()),
-                             "regret_next_500": bootstrap_ci(f["regret500"], seed=seed).as_dict(),
-                             "new_model_share": float(f["share_new"].mean()), "beta_prior": f["prior"]},
-            "flat_prior": {"convergence_queries_median": float(np.median(fl["conv"])),
-                           "convergence_queries_mean": bootstrap_ci(fl["conv"], seed=seed).as_dict(),
-                           "converged_share": float(fl["converged"].mean()),
-                           "regret_next_500": bootstrap_ci(fl["regret500"], seed=seed).as_dict(),
-                           "new_model_share": float(fl["share_new"].mean()), "beta_prior": fl["prior"]},
-            "convergence_test": test.as_dict(),
-            "regret_test": test_r.as_dict(),
+            "new_model": model, "full_knowledge_share": f["target"],
+            **{cond: {"regret_next_100": bootstrap_ci(res[cond]["r100"], seed=seed).as_dict(),
+                      "regret_next_500": bootstrap_ci(res[cond]["r500"], seed=seed).as_dict(),
+                      "identification_queries": bootstrap_ci(res[cond]["ident"], seed=seed).as_dict(),
+                      "new_model_share": float(res[cond]["share"].mean()), "beta_prior": res[cond]["prior"]}
+               for cond in ("family_prior", "flat_prior")},
+            "regret_next_500_reduction": float(1.0 - f["r500"].mean() / fl["r500"].mean()) if fl["r500"].mean() > 0
+            else float("nan"),
+            "regret_test": t_r.as_dict(),
             "token_mae_after_n": token_mae,
         }
         curves[fam] = (model, f["rolling"], fl["rolling"])
-        conv_fam_all.append(f["conv"])
-        conv_flat_all.append(fl["conv"])
-        reg_fam_all.append(f["regret500"])
-        reg_flat_all.append(fl["regret500"])
+        for cond in units:
+            for key in units[cond]:
+                units[cond][key].append(res[cond][key])
 
-    cf, cfl = np.concatenate(conv_fam_all), np.concatenate(conv_flat_all)
-    pooled = paired_test(cf, cfl, "wilcoxon", seed=seed)
-    rf, rfl = np.concatenate(reg_fam_all), np.concatenate(reg_flat_all)
-    pooled_regret = paired_test(rf, rfl, "wilcoxon", seed=seed)
-    med_f, med_fl = float(np.median(cf)), float(np.median(cfl))
+    arr = {c: {k: np.stack(v) for k, v in d.items()} for c, d in units.items()}  # (newcomers, episodes)
+    summary = {c: {"regret_next_100": _hier_ci(arr[c]["r100"], rng), "regret_next_500": _hier_ci(arr[c]["r500"], rng),
+                   "identification_queries": _hier_ci(arr[c]["ident"], rng)} for c in arr}
+    d500 = (arr["family_prior"]["r500"] - arr["flat_prior"]["r500"]).ravel()
+    ttest = paired_test(arr["family_prior"]["r500"].ravel(), arr["flat_prior"]["r500"].ravel(), "ttest", seed=seed)
+    wil = paired_test(arr["family_prior"]["r500"].ravel(), arr["flat_prior"]["r500"].ravel(), "wilcoxon", seed=seed)
+    ratio = arr["family_prior"]["r500"].mean() / arr["flat_prior"]["r500"].mean()
+    boot_red = []
+    n_new, n_ep = arr["family_prior"]["r500"].shape
+    for _ in range(2000):
+        i = rng.integers(0, n_new, n_new)
+        e = rng.integers(0, n_ep, (n_new, n_ep))
+        fr, flr = arr["family_prior"]["r500"][i[:, None], e].mean(), arr["flat_prior"]["r500"][i[:, None], e].mean()
+        boot_red.append(1.0 - fr / flr if flr > 0 else np.nan)
     maes = [v["token_mae_after_n"] for v in per_family.values() if v["token_mae_after_n"]]
     token_mean = ({k: {n: float(np.mean([m[k][n] for m in maes])) for n in maes[0][k]} for k in maes[0]}
                   if maes else None)
     result = {
-        "command": command_line(argv), "data": data, "seed": seed, "episodes": episodes, "arrival": arrival,
-        "steps_per_episode": int(n_test), "incumbents": incumbents, "lam": lam, "gam": gam, "threshold": threshold, "window": WINDOW,
+        "command": command_line(argv), "data": data, "seed": seed, "episodes": int(episodes), "arrival": int(arrival),
+        "horizon": int(horizon), "steps_per_episode": steps, "incumbents": incumbents, "lam": lam, "gamma": gamma,
+        "utility": "pi - lam * (cost + gamma * sd)", "exploration": "pure Thompson sampling (no forced exploration)",
+        "cost_scale_usd": scale, "cost_scale": "the largest mean realised cost per query on the training split "
+        "(one unit for both conditions)", "window": WINDOW, "band": BAND,
         "newcomers": newcomers,
         "skipped_families": sorted(set(rd.split("train")["family"]) - set(newcomers)),
-        "family_prior": {"convergence_queries_median": med_f,
-                         "regret_next_500_mean": float(np.mean([v["family_prior"]["regret_next_500"]["estimate"]
-                                                                for v in per_family.values()]))},
-        "flat_prior": {"convergence_queries_median": med_fl,
-                       "regret_next_500_mean": float(np.mean([v["flat_prior"]["regret_next_500"]["estimate"]
-                                                              for v in per_family.values()]))},
-        "reduction": (1.0 - med_f / med_fl) if med_fl > 0 else float("nan"),
-        "p_value": pooled.p_value,
-        "test": pooled.as_dict(),
-        "regret_next_500_reduction": float(1.0 - rf.mean() / rfl.mean()) if rfl.mean() > 0 else float("nan"),
-        "regret_test": pooled_regret.as_dict(),
+        "family_prior": summary["family_prior"], "flat_prior": summary["flat_prior"],
+        "regret_next_500_reduction": float(1.0 - ratio) if np.isfinite(ratio) else float("nan"),
+        "regret_next_500_reduction_ci95": [float(x) for x in np.nanpercentile(boot_red, [2.5, 97.5])],
+        "p_value": ttest.p_value, "test": ttest.as_dict(), "wilcoxon": wil.as_dict(),
+        "units": {"newcomers": n_new, "episodes_per_newcomer": n_ep, "mean_difference": float(d500.mean())},
         "new_model_token_mae": token_mean,
         "per_family": per_family,
         "token_model": "hierarchical (family prior vs global prior for the new model)" if tokens == "hierarchical"
         else "stand-in (the same for both conditions)",
         "notes": list(rd.notes),
     }
-    _plot(out, curves, arrival, threshold)
+    result["seconds"] = time.perf_counter() - t_start
+    _plot(out, curves, arrival)
     write_json(out / "metrics.json", result)
-    atomic_write(out / "report.md", _report(result, time.perf_counter() - t_start))
+    atomic_write(out / "report.md", _report(result))
     return result
 
 
-def _plot(out: Path, curves, arrival: int, threshold: float) -> None:
+def _plot(out: Path, curves, arrival: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,50 +269,56 @@ def _plot(out: Path, curves, arrival: int, threshold: float) -> None:
         for r, label, c in ((rf, "family prior", "tab:blue"), (rfl, "flat prior", "tab:orange")):
             ax.plot(x, r.mean(0), c=c, label=label)
             ax.fill_between(x, np.quantile(r, 0.1, 0), np.quantile(r, 0.9, 0), color=c, alpha=0.2)
-        ax.axhline(threshold, ls=":", c="k", lw=0.8)
         ax.set_title(f"{fam}: {short_name(model)} arrives", fontsize=9)
         ax.set_xlabel(f"queries after arrival (step {arrival})")
-        ax.set_ylabel("rolling mean regret (w=50)")
+        ax.set_ylabel(f"rolling mean regret (w={WINDOW})")
         ax.legend(fontsize=7)
     savefig(fig, out / "convergence.png")
 
 
-def _report(r: dict, seconds: float) -> str:
-    rf_mean, rfl_mean = r["family_prior"]["regret_next_500_mean"], r["flat_prior"]["regret_next_500_mean"]
+def _ci_txt(x: dict, nd: int = 2) -> str:
+    return f"{x['mean']:.{nd}f} [{x['ci95'][0]:.{nd}f}, {x['ci95'][1]:.{nd}f}]"
+
+
+def _report(r: dict) -> str:
+    f, fl = r["family_prior"], r["flat_prior"]
     lines = [f"# Cold start: {r['data']}", "",
-             f"Made by `{r['command']}` (seed {r['seed']}, {seconds:.0f} s). {r['episodes']} episodes per family and "
-             f"prior; each routes the {r['steps_per_episode']} test queries once; the new model arrives after "
-             f"{r['arrival']} queries; the other models start from "
+             f"Made by `{r['command']}` (seed {r['seed']}, {r['seconds']:.0f} s). {r['episodes']} episodes per newcomer "
+             f"and prior, {r['steps_per_episode']} test queries each; the new model arrives after {r['arrival']} "
+             f"queries; the other models start from "
              f"{'their training-split posterior' if r['incumbents'] == 'warm' else 'Beta(1, 1)'}. "
-             f"Thompson with λ = {r['lam']}, γ = {r['gam']}. Convergence threshold "
-             f"{r['threshold']} on the rolling (window {r['window']}) mean of instantaneous regret. "
-             f"Token model: {r['token_model']}.", "",
-             "## Summary (pooled over families)", ""]
+             f"{r['exploration'].capitalize()}, utility {r['utility']} with λ = {r['lam']}, γ = {r['gamma']}; one cost "
+             f"unit for both conditions ({r['cost_scale']}: ${r['cost_scale_usd']:.3g}). Token model: "
+             f"{r['token_model']}.", "",
+             f"## Summary ({r['units']['newcomers']} newcomers, one per family; intervals: bootstrap over newcomers, "
+             "then episodes)", ""]
     lines.append(md_table(["", "family prior", "flat prior"], [
-        ["median convergence (queries after arrival)", r["family_prior"]["convergence_queries_median"],
-         r["flat_prior"]["convergence_queries_median"]],
-        ["mean regret over the next 500 queries", r["family_prior"]["regret_next_500_mean"],
-         r["flat_prior"]["regret_next_500_mean"]]]))
-    lines += ["", f"Reduction of the median convergence time: **{r['reduction']:.3f}**; paired Wilcoxon signed-rank "
-              f"over all episodes: p = {r['p_value']:.3g} (statistic {r['test']['statistic']:.1f}, mean difference "
-              f"{r['test']['mean_diff']:+.1f} queries).", "",
-              f"Regret over the next 500 queries: family prior {rf_mean:.2f} vs flat {rfl_mean:.2f}, reduction "
-              f"**{r['regret_next_500_reduction']:.3f}**; paired Wilcoxon p = {r['regret_test']['p_value']:.3g}.", "",
-              "![convergence](convergence.png)", "", "## Per family", ""]
+        ["regret over the next 100 queries", _ci_txt(f["regret_next_100"]), _ci_txt(fl["regret_next_100"])],
+        ["regret over the next 500 queries", _ci_txt(f["regret_next_500"]), _ci_txt(fl["regret_next_500"])],
+        ["queries to identification (share within 20% of full knowledge)", _ci_txt(f["identification_queries"], 0),
+         _ci_txt(fl["identification_queries"], 0)]]))
+    red_lo, red_hi = r["regret_next_500_reduction_ci95"]
+    lines += ["", f"Regret over the next 500 queries: reduction **{r['regret_next_500_reduction']:.3f}** "
+              f"[{red_lo:.3f}, {red_hi:.3f}] with the family prior; paired t-test over the "
+              f"{r['units']['newcomers']} x {r['units']['episodes_per_newcomer']} (newcomer, episode) units: "
+              f"p = {r['p_value']:.3g} (Wilcoxon signed-rank p = {r['wilcoxon']['p_value']:.3g}).", "",
+              "Regret is the pseudo-regret against the router that knows every model's mean quality (the same "
+              "reference in both conditions).", "", "![convergence](convergence.png)", "", "## Per newcomer", ""]
     rows = []
     for fam, v in r["per_family"].items():
-        rows.append([fam, f"`{v['new_model']}`", v["family_prior"]["convergence_queries_median"],
-                     v["flat_prior"]["convergence_queries_median"], f"{v['convergence_test']['p_value']:.3g}",
+        rows.append([fam, f"`{v['new_model']}`", f"{v['full_knowledge_share']:.3f}",
                      v["family_prior"]["regret_next_500"]["estimate"], v["flat_prior"]["regret_next_500"]["estimate"],
-                     v["family_prior"]["new_model_share"], v["flat_prior"]["new_model_share"]])
-    lines.append(md_table(["family", "new model", "median conv. (family)", "median conv. (flat)", "p",
-                           "regret 500 (family)", "regret 500 (flat)", "new-model share (family)",
-                           "new-model share (flat)"], rows))
+                     f"{v['regret_test']['p_value']:.3g}", v["family_prior"]["identification_queries"]["estimate"],
+                     v["flat_prior"]["identification_queries"]["estimate"], v["family_prior"]["new_model_share"],
+                     v["flat_prior"]["new_model_share"]])
+    lines.append(md_table(["family", "new model", "full-knowledge share", "regret 500 (family)", "regret 500 (flat)",
+                           "p (t-test)", "identification (family)", "identification (flat)",
+                           "new-model share (family)", "new-model share (flat)"], rows))
     if r["skipped_families"]:
         lines += ["", f"Families with a single model (no family history to borrow) are skipped: "
                       f"{', '.join(r['skipped_families'])}."]
     if r["new_model_token_mae"]:
-        lines += ["", "## New model's token error after n observations (MAE in tokens, mean over families)", ""]
+        lines += ["", "## New model's token error after n observations (MAE in tokens, mean over newcomers)", ""]
         tm = r["new_model_token_mae"]
         lines.append(md_table(["prior"] + [f"n = {n}" for n in tm["family_prior"]],
                               [[k] + list(v.values()) for k, v in tm.items()]))

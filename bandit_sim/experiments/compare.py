@@ -1,129 +1,567 @@
-"""`bandit-sim compare`: the routing comparison report (protocol in `bandit_sim.experiments`)."""
+"""`bandit-sim compare`: every router in two tracks over prompt-level folds, with honest uncertainty.
+
+The protocol (DESIGN.md, "Evaluation protocol"; folds and Worlds in `bandit_sim.experiments.protocol`):
+
+- K folds over prompts (default 5, grouped by prompt, stratified by category). In each fold the fold's prompts are
+  the test set; the rest gives a validation set (as large as the test set) and the training set.
+- Two tracks, the same information for every learner in a track. *Cold*: no training data, every learner starts
+  from its flat prior and learns online on the test prompts. *Warm*: the training prompts are available to every
+  learner (Thompson: the Beta posterior after them; epsilon-greedy, simple utility and UCB1: their counts; the MF
+  and k-NN routers: fitted on them; the best fixed model: chosen on them).
+- Context is what a deployed router has at query time: the query text. Routers that read the benchmark's
+  category label (one posterior per category) are reported in their own rows ending in ``_label``, never as the
+  headline.
+- Every knob is tuned on validation, the same way for every router: lambda over the same 12-point grid
+  (`protocol.LAMBDAS`), a router's other knob (exploration schedule and prior strength, epsilon, c, k) over 4
+  values, chosen by validation AIQ; then lambda by the target rule (the largest validation cost reduction whose
+  validation quality retention is >= the target, else the highest retention). Nothing is chosen on test. The list
+  of variants (`VARIANTS`) is fixed here, before any figure is seen.
+- Utility U = pi - lam * (cost + gamma * sd) (`--uncertainty scaled`, default; gamma = 0.25), so lam = 0 is quality
+  only and every cost-aware curve spans from its quality-only end to its cheapest end; `--uncertainty research`
+  keeps the research form pi - lam * cost - gamma * sd.
+- Definitions from `bandit_sim.experiments.metrics`: the premium model is the best by training quality (ties:
+  cheaper; `--premium` names another); retention and cost reduction against it; AIQ over the union of every
+  router's points in the fold (the oracle swept over lambda, so its AIQ bounds every router's); APGR and CPT by
+  RouteLLM's procedure, the same for every router (each swept over its knob on the strong/weak pair);
+  regret against the per-query oracle and against the best fixed model in hindsight under the router's utility;
+  one convergence definition.
+- Intervals: a bootstrap over prompts within folds and over episodes together (the same resample for every router,
+  so comparisons are paired); the figure is the mean over folds. A deterministic router therefore gets an interval
+  of non-zero width. Significance: per-prompt utility differences (at Thompson's lambda of each fold), a paired
+  t-test across prompts (the unit is the prompt), Holm over every comparison in the report; p-values are stored at
+  full precision.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
+from scipy import stats as sps
 from tqdm.auto import tqdm
 
+from bandit_sim.data.loaders import RoutingData, load_data
 from bandit_sim.experiments import metrics as M
-from bandit_sim.experiments.protocol import (LAMBDA_GRID, EpisodeStats, episode_stats, prepare, run_policy, select_lambda,
-                          select_models)
+from bandit_sim.experiments.protocol import (GAMMA, LAMBDAS, ORACLE_LAMBDAS, FoldSetup, Outcomes, kernel_sweep,
+                                             lambda_cells, make_folds, outcomes_from_decisions, prepare_fold)
 from bandit_sim.experiments.report import command_line, fmt, md_table, savefig, short_name, write_json
-from bandit_sim.experiments.stats import bootstrap_ci, holm, paired_test
+from bandit_sim.experiments.stats import holm
+from bandit_sim.router import knn as KNN
 from bandit_sim.router import mf as MF
-from bandit_sim.sim.priors import family_prior_from_train, warm_prior_from_train
+from bandit_sim.sim.priors import WARM_STRENGTH, warm_prior_from_train
 from hierarchical.storage import atomic_write
 
-__all__ = ["run_compare", "KERNEL_POLICIES"]
+__all__ = ["run_compare", "VARIANTS", "Variant", "TRACKS", "select_on_validation"]
 
-# report key -> (kernel policy, Hyper overrides, lambda chosen on val?)
-KERNEL_POLICIES: dict[str, tuple[str, dict, bool]] = {
-    "thompson": ("thompson", {}, True),
-    "thompson_family_prior": ("thompson", {"family_prior": True}, True),
-    "thompson_contextual": ("contextual_thompson", {}, True),
-    "thompson_warm": ("thompson", {"warm_prior": True}, True),
-    "thompson_contextual_warm": ("contextual_thompson", {"warm_prior": True}, True),
-    # pure Thompson sampling (no forced-exploration floor): the posterior's own spread does the exploring
-    "thompson_contextual_warm_pure": ("contextual_thompson", {"warm_prior": True, "min_explore": 0.0}, True),
-    "random": ("random", {}, False),
-    "always_premium": ("always_premium", {}, False),
-    "cheapest": ("cheapest", {}, False),
-    "threshold": ("threshold", {}, False),
-    "simple_utility": ("simple_utility", {}, True),
-    "epsilon_greedy": ("epsilon_greedy", {}, True),
-    "ucb1": ("ucb1", {}, True),
-    "best_single": ("best_single", {}, False),
-    "oracle": ("oracle", {}, False),
-}
-THOMPSON_KEYS = ("thompson", "thompson_family_prior", "thompson_contextual", "thompson_warm",
-                 "thompson_contextual_warm", "thompson_contextual_warm_pure")
+TRACKS = ("cold", "warm")
+TARGET_COST_REDUCTION = 0.60  # the research target read beside the retention target (reported, not tuned for)
 
 
-def _hyper_overrides(setup, extra: dict, contextual: bool = False) -> dict:
-    over = {name: v for name, v in extra.items() if name not in ("warm_prior", "family_prior")}  # Hyper fields
-    if extra.get("warm_prior"):
-        cats = setup.infos["test"].categories if contextual else None
-        a, b = warm_prior_from_train(setup.data, setup.models, cats)
-        over.update(prior_alpha=a, prior_beta=b)
-    elif extra.get("family_prior"):
-        a, b = family_prior_from_train(setup.data, setup.models)
-        over.update(prior_alpha=a, prior_beta=b)
-    return over
+class Variant(NamedTuple):
+    """One router of the comparison: how it runs and which knob values it is tuned over."""
+
+    name: str
+    track: str  # "cold" | "warm"
+    kind: str  # "learner" (the simulator), "mf", "knn", "best_fixed", "threshold", "reference"
+    policy: str | None = None  # policies.REGISTRY name for learners
+    knob: str | None = None  # the secondary knob's name
+    knob_values: tuple = ()  # each: (label, settings dict)
+    label_aware: bool = False
 
 
-def select_thompson(chosen: dict, target: float) -> str:
-    """The Thompson variant a user would deploy, chosen on the validation split only.
+_EXPLORE = {"research": {"explore_decay": 0.95, "min_explore": 0.05},
+            "decay": {"explore_decay": 0.95, "min_explore": 0.0},
+            "fast_decay": {"explore_decay": 0.8, "min_explore": 0.0},
+            "none": {"explore_decay": 0.0, "min_explore": 0.0}}
+_COLD_TS = tuple((k, dict(v)) for k, v in _EXPLORE.items())
+_WARM_TS = tuple((f"{e}/{s}", {**_EXPLORE[e], "strength": st})
+                 for e in ("research", "none") for s, st in (("all", WARM_STRENGTH), ("50", 50.0)))
 
-    Among the variants whose chosen lambda reaches the retention target on validation, the one with the largest
-    validation cost reduction; if none does, the one with the highest validation retention.
+VARIANTS: tuple[Variant, ...] = (
+    # ---- cold: no training data
+    Variant("thompson", "cold", "learner", "thompson", "exploration", _COLD_TS),
+    Variant("epsilon_greedy", "cold", "learner", "epsilon_greedy", "epsilon",
+            tuple((str(e), {"epsilon": e}) for e in (0.01, 0.03, 0.1, 0.3))),
+    Variant("ucb1", "cold", "learner", "ucb1", "c", tuple((str(c), {"ucb_c": c}) for c in (0.05, 0.2, 0.5, 1.0))),
+    Variant("thompson_label", "cold", "learner", "contextual_thompson", "exploration", _COLD_TS, label_aware=True),
+    # ---- warm: the training prompts are available to every learner
+    Variant("thompson", "warm", "learner", "thompson", "exploration/prior strength", _WARM_TS),
+    Variant("epsilon_greedy", "warm", "learner", "epsilon_greedy", "epsilon",
+            tuple((str(e), {"epsilon": e}) for e in (0.01, 0.03, 0.1, 0.3))),
+    Variant("ucb1", "warm", "learner", "ucb1", "c", tuple((str(c), {"ucb_c": c}) for c in (0.05, 0.2, 0.5, 1.0))),
+    Variant("simple_utility", "warm", "learner", "simple_utility", "prior strength",
+            tuple((str(s), {"strength": s}) for s in (WARM_STRENGTH, 200.0, 50.0, 20.0))),
+    Variant("mf_router", "warm", "mf"),
+    Variant("knn_router", "warm", "knn", None, "k", tuple((str(k), {"k": k}) for k in (5, 10, 25, 50))),
+    Variant("best_fixed", "warm", "best_fixed"),
+    Variant("threshold", "warm", "threshold"),
+    Variant("thompson_label", "warm", "learner", "contextual_thompson", "exploration/prior strength", _WARM_TS,
+            label_aware=True),
+)
+"""The frozen list of router variants, per track (references -- always_premium, cheapest, random, oracle and the
+zero router -- are added to both tracks)."""
+
+REFERENCES = ("always_premium", "cheapest", "random", "oracle")
+
+
+@dataclass
+class Settings:
+    episodes: int = 16  # episodes per learner and lambda (validation, test and the strong/weak pair alike)
+    bootstrap: int = 200
+    gamma: float = GAMMA
+    form: str = "scaled"
+    target: float = 0.95
+    conv_threshold: float = 0.05
+    quick: bool = False
+
+
+@dataclass
+class RouterRun:
+    """A router's result on one fold: its test outcomes over the sweep, the chosen index and knob."""
+
+    outcomes: Outcomes  # (G, E, N)
+    chosen: int  # index into the sweep chosen on validation
+    sweep: list  # the swept values (lambda, or the threshold)
+    knob: Any = None  # the secondary knob value chosen on validation
+    val: dict = field(default_factory=dict)  # validation retention / cost reduction at the chosen point
+    knob_scores: dict = field(default_factory=dict)  # validation AIQ per knob value
+    lam: float | None = None  # the chosen lambda (None for routers without one)
+    pair: dict | None = None  # APGR/CPT on the strong/weak pair
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+
+
+def select_on_validation(q: np.ndarray, c: np.ndarray, q_prem: float, c_prem: float, target: float) -> tuple[int, dict]:
+    """The target rule: the point with the largest validation cost reduction whose retention is >= target.
 
     Args:
-      chosen: report key -> `select_lambda` result (validation figures).
+      q, c: (G,) mean validation quality and normalised cost per sweep point. q_prem, c_prem: always-premium's.
       target: the retention target.
     Returns:
-      the report key.
+      (index, {"retention", "cost_reduction", "met_target"}) at the chosen point (the highest retention if none
+      reaches the target).
     """
-    keys = [k for k in THOMPSON_KEYS if k in chosen]
-    ok = [k for k in keys if chosen[k]["retention"] >= target]
-    if ok:
-        return max(ok, key=lambda k: chosen[k]["cost_reduction"])
-    return max(keys, key=lambda k: chosen[k]["retention"])
+    ret = np.asarray(q, np.float64) / q_prem
+    red = 1.0 - np.asarray(c, np.float64) / c_prem
+    ok = ret >= target
+    j = int(np.argmax(np.where(ok, red, -np.inf))) if ok.any() else int(np.argmax(ret))
+    return j, {"retention": float(ret[j]), "cost_reduction": float(red[j]), "met_target": bool(ok.any())}
 
 
-def _ci(x: np.ndarray, seed: int) -> dict:
-    c = bootstrap_ci(np.asarray(x, np.float64), seed=seed)
-    return {"mean": c.estimate, "ci95": [c.low, c.high]}
+def _bounds(world) -> tuple[float, float]:
+    c = np.asarray(world.cost, np.float64)
+    q = np.asarray(world.quality, np.float64)
+    orc = M.oracle_sweep(q, c, ORACLE_LAMBDAS)
+    pts = c[np.arange(c.shape[0]), orc].mean(-1)
+    return float(min(pts.min(), c.mean(0).min())), float(max(pts.max(), c.mean(0).max()))
 
 
-def _mf_decisions(setup, seed: int, target_retention: float, quick: bool):
-    """Fit the MF router on train, choose its lambda on val (same rule as the bandits), route the test split.
+def _val_aiq(q: np.ndarray, c: np.ndarray, bounds) -> float:
+    return M.aiq(np.asarray(c), np.asarray(q), *bounds)
 
-    Its utility is the bandits' one with its predicted quality: argmax_m q̂(x, m) - lam * pred_cost(x, m).
-    """
-    rd = setup.data
-    fitted = MF.fit(rd.split("train"), rd.split("val"), seed=seed, models=list(setup.models),
-                    **({"max_steps": 300} if quick else {}))
-    qhat, curves = {}, {}
+
+# ---------------------------------------------------------------------------------------------------- one fold
+
+
+def _cost_term(world, gamma: float, form: str) -> np.ndarray:
+    pc, pu = np.asarray(world.pred_cost, np.float64), np.asarray(world.pred_unc, np.float64)
+    return pc + gamma * pu if form == "scaled" else pc
+
+
+def _host_lambda_router(fs: FoldSetup, qhat: dict, st: Settings, lams=LAMBDAS) -> dict:
+    """Decisions (L, N) per split of a router that maximises qhat - lam * (cost + gamma * sd) (MF, k-NN)."""
+    out = {}
     for split in ("val", "test"):
-        w, info = setup.worlds[split], setup.infos[split]
+        w = fs.worlds[split]
+        pu = np.asarray(w.pred_unc, np.float64)
+        cost = _cost_term(w, st.gamma, st.form)
+        u = qhat[split][None] - np.asarray(lams, np.float64)[:, None, None] * cost[None]
+        if st.form == "research":
+            u = u - st.gamma * pu[None]
+        out[split] = np.argmax(np.where(np.asarray(w.mask)[None], u, -np.inf), -1)
+    return out
+
+
+def _premium_means(fs: FoldSetup, split: str) -> tuple[float, float]:
+    w = fs.worlds[split]
+    return float(np.asarray(w.quality)[:, fs.premium].mean()), float(np.asarray(w.cost)[:, fs.premium].mean())
+
+
+def _choose(fs: FoldSetup, val_curves: dict, st: Settings) -> tuple[Any, int, dict, dict]:
+    """Secondary knob by validation AIQ, then the sweep point by the target rule."""
+    bounds = _bounds(fs.worlds["val"])
+    qp, cp = _premium_means(fs, "val")
+    scores = {lab: _val_aiq(q, c, bounds) for lab, (q, c) in val_curves.items()}
+    best = max(scores, key=lambda lab: (scores[lab], -list(scores).index(lab)))
+    q, c = val_curves[best]
+    j, val = select_on_validation(q, c, qp, cp, st.target)
+    return best, j, val, scores
+
+
+def _learner(fs: FoldSetup, v: Variant, st: Settings, seed: int) -> RouterRun:
+    wv, iv, wt, it = fs.worlds["val"], fs.infos["val"], fs.worlds["test"], fs.infos["test"]
+    cells = lambda_cells(LAMBDAS, st.gamma, st.form)
+    contextual = v.policy == "contextual_thompson"
+    cats = it.categories if contextual else None
+
+    def overrides(settings: dict) -> dict:
+        o = {k: val for k, val in settings.items() if k != "strength"}
+        if v.track == "warm":
+            a, b = warm_prior_from_train(fs.data, it.models, cats, strength=settings.get("strength", WARM_STRENGTH))
+            o.update(prior_alpha=a, prior_beta=b)
+        elif contextual:
+            o.update(prior_alpha=np.ones((it.n_categories, len(it.models)), np.float32),
+                     prior_beta=np.ones((it.n_categories, len(it.models)), np.float32))
+        return o
+
+    val_curves = {}
+    for lab, settings in v.knob_values:
+        # one compiled program per policy and dataset: validation, test and the strong/weak pair run the same
+        # shapes (same episodes, the same 12 cells, trajectories on; the pair is a mask on the test World)
+        o = kernel_sweep(wv, iv, v.policy, cells=cells, episodes=st.episodes, seed=seed + 1,
+                         overrides=overrides(settings))
+        val_curves[lab] = (o.quality.mean((1, 2)), o.cost.mean((1, 2)))
+    best, j, val, scores = _choose(fs, val_curves, st)
+    settings = dict(v.knob_values)[best]
+    out = kernel_sweep(wt, it, v.policy, cells=cells, episodes=st.episodes, seed=seed, overrides=overrides(settings))
+    run = RouterRun(out, j, LAMBDAS.tolist(), best, val, scores, float(LAMBDAS[j]))
+    run.pair = _pair_learner(fs, v, overrides(settings), st, seed)
+    return run
+
+
+def _pair_learner(fs: FoldSetup, v: Variant, over: dict, st: Settings, seed: int) -> dict | None:
+    """A learner swept over lambda on the strong/weak pair: the test World with only those two models available."""
+    if fs.pair is None:
+        return None
+    w, info = fs.worlds["test"], fs.infos["test"]
+    keep = np.zeros(w.quality.shape[1], bool)
+    keep[list(fs.pair)] = True
+    w2 = w._replace(mask=np.asarray(w.mask) & keep[None, :])
+    out = kernel_sweep(w2, info, v.policy, cells=lambda_cells(LAMBDAS, st.gamma, st.form), episodes=st.episodes,
+                       seed=seed + 2, overrides=over)
+    share = (out.arms == fs.pair[0]).mean((1, 2))
+    return _pair_summary(fs, share, out.quality.mean((1, 2)))
+
+
+def _pair_summary(fs: FoldSetup, share: np.ndarray, quality: np.ndarray) -> dict:
+    q = np.asarray(fs.worlds["test"].quality, np.float64)
+    s, w = fs.pair
+    sh, pgr = M.sweep_pgr(share, quality, q[:, s].mean(), q[:, w].mean())
+    return {"apgr": M.apgr_from_sweep(sh, pgr), "cpt50": M.cpt_from_sweep(sh, pgr, 0.5),
+            "cpt80": M.cpt_from_sweep(sh, pgr, 0.8)}
+
+
+def _pair_host(fs: FoldSetup, decisions: np.ndarray) -> dict | None:
+    """APGR/CPT of a deterministic router swept over its knob, restricted to the pair: decisions (L, N) on the
+    pair's two columns (0 = strong)."""
+    if fs.pair is None:
+        return None
+    q = np.asarray(fs.worlds["test"].quality, np.float64)[:, list(fs.pair)]
+    d = np.asarray(decisions)
+    return _pair_summary(fs, (d == 0).mean(-1), q[np.arange(q.shape[0]), d].mean(-1))
+
+
+def _host_run(fs: FoldSetup, dec: dict, st: Settings, sweep: list, qp_cp=None, knob=None, scores=None) -> RouterRun:
+    wv = fs.worlds["val"]
+    q, c = np.asarray(wv.quality, np.float64), np.asarray(wv.cost, np.float64)
+    rows = np.arange(q.shape[0])
+    qv, cv = q[rows, dec["val"]].mean(-1), c[rows, dec["val"]].mean(-1)
+    j, val = select_on_validation(qv, cv, *_premium_means(fs, "val"), st.target)
+    return RouterRun(outcomes_from_decisions(fs.worlds["test"], dec["test"]), j, list(sweep), knob, val,
+                     scores or {})
+
+
+def _mf(fs: FoldSetup, st: Settings, seed: int) -> RouterRun:
+    rd = fs.data
+    fitted = MF.fit(rd.split("train"), rd.split("val"), seed=seed, models=list(fs.models),
+                    **({"max_steps": 300} if st.quick else {}))
+    qhat = {}
+    for split in ("val", "test"):
+        info = fs.infos[split]
         qm = MF.query_matrix(rd.split(split), list(info.models))
         pred = MF.predict_quality(fitted, qm)
         row = {p: i for i, p in enumerate(qm.prompt_id)}
-        qhat[split] = pred[[row[p] for p in info.prompt_ids]]  # World row order
-        pc = np.asarray(w.pred_cost, np.float64)
-        d = MF.route(np.where(np.asarray(w.mask), qhat[split], -np.inf), LAMBDA_GRID, pc)  # (L, N)
-        q, c = np.asarray(w.quality, np.float64), np.asarray(w.cost, np.float64)
+        qhat[split] = pred[[row[p] for p in info.prompt_ids]]
+    dec = _host_lambda_router(fs, qhat, st)
+    run = _host_run(fs, dec, st, LAMBDAS.tolist())
+    run.lam = float(LAMBDAS[run.chosen])
+    run.pair = _pair_qhat(fs, qhat["test"], st)
+    return run
+
+
+def _pair_qhat(fs: FoldSetup, qhat_test: np.ndarray, st: Settings) -> dict | None:
+    if fs.pair is None:
+        return None
+    w = fs.worlds["test"]
+    cols = list(fs.pair)
+    cost = _cost_term(w, st.gamma, st.form)[:, cols]
+    u = qhat_test[:, cols][None] - LAMBDAS.astype(np.float64)[:, None, None] * cost[None]
+    return _pair_host(fs, np.argmax(u, -1))
+
+
+def _text_vectors(fs: FoldSetup, seed: int) -> dict:
+    """Text vectors of every split's prompts from a featurizer fitted on the fold's training prompts."""
+    rd = fs.data
+    tr = rd.split("train").drop_duplicates("prompt_id")
+    f, x_train = MF.fit_text_featurizer(tr["prompt"].astype(str).tolist(), tr["input_tokens"].to_numpy(float),
+                                        seed=seed)
+    out = {"train": (tr["prompt_id"].astype(str).tolist(), x_train)}
+    for split in ("val", "test"):
+        per = rd.split(split).drop_duplicates("prompt_id").set_index("prompt_id").loc[list(fs.infos[split].prompt_ids)]
+        out[split] = (list(fs.infos[split].prompt_ids),
+                      MF.transform_text(f, per["prompt"].astype(str).tolist(), per["input_tokens"].to_numpy(float)))
+    return out
+
+
+def _knn(fs: FoldSetup, st: Settings, seed: int, vectors: dict) -> RouterRun:
+    ids, x_train = vectors["train"]
+    train = fs.data.split("train")
+    qt = train.pivot_table(index="prompt_id", columns="model", values="quality", aggfunc="first")
+    qt = qt.reindex(index=ids, columns=list(fs.models)).to_numpy(np.float32)
+    v = next(x for x in VARIANTS if x.name == "knn_router")
+    decs, val_curves = {}, {}
+    for lab, settings in v.knob_values:
+        k = min(int(settings["k"]), len(ids))
+        f = KNN.fit(x_train, qt, k)
+        qhat = {s: KNN.predict_quality(f, vectors[s][1]) for s in ("val", "test")}
+        decs[lab] = (_host_lambda_router(fs, qhat, st), qhat["test"])
+        wv = fs.worlds["val"]
+        q, c = np.asarray(wv.quality, np.float64), np.asarray(wv.cost, np.float64)
+        d = decs[lab][0]["val"]
         rows = np.arange(q.shape[0])
-        prem = int(np.argmax(pc.mean(0)))
-        curves[split] = {"decisions": d, "quality": q[rows, d].mean(-1), "cost_norm": c[rows, d].mean(-1),
-                         "retention": q[rows, d].mean(-1) / q[:, prem].mean(),
-                         "cost_reduction": 1 - c[rows, d].sum(-1) / c[:, prem].sum()}
-    v = curves["val"]
-    ok = v["retention"] >= target_retention
-    j = int(np.argmax(np.where(ok, v["cost_reduction"], -np.inf))) if ok.any() else int(np.argmax(v["retention"]))
-    t = curves["test"]
-    return {"lam": float(LAMBDA_GRID[j]), "val_retention": float(v["retention"][j]),
-            "val_cost_reduction": float(v["cost_reduction"][j]), "met_target": bool(ok.any()),
-            "decisions": t["decisions"][j], "qhat": qhat["test"],
-            "curve": np.stack([t["cost_norm"], t["quality"]], -1), "fit": fitted}
+        val_curves[lab] = (q[rows, d].mean(-1), c[rows, d].mean(-1))
+    best, j, val, scores = _choose(fs, val_curves, st)
+    dec, qhat_test = decs[best]
+    run = RouterRun(outcomes_from_decisions(fs.worlds["test"], dec["test"]), j, LAMBDAS.tolist(), best, val, scores,
+                    float(LAMBDAS[j]))
+    run.pair = _pair_qhat(fs, qhat_test, st)
+    return run
 
 
-def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, tokens: str = "hierarchical",
-                target_retention: float = 0.95, quick: bool = False, strong: str | None = None,
-                weak: str | None = None, argv=None, progress: bool = True) -> dict:
+def _best_fixed(fs: FoldSetup, st: Settings) -> RouterRun:
+    """The best fixed model chosen on the training prompts at each lambda: argmax mean quality - lam * mean cost."""
+    train = fs.data.split("train")
+    g = train.groupby("model")
+    q = g["quality"].mean().reindex(list(fs.models)).to_numpy(np.float64)
+    c = g["cost_usd"].mean().reindex(list(fs.models)).to_numpy(np.float64) / fs.infos["test"].cost_scale
+    pick = np.argmax(q[None] - LAMBDAS.astype(np.float64)[:, None] * c[None], -1)  # (L,)
+    dec = {s: np.repeat(pick[:, None], fs.worlds[s].quality.shape[0], 1) for s in ("val", "test")}
+    run = _host_run(fs, dec, st, LAMBDAS.tolist())
+    run.lam = float(LAMBDAS[run.chosen])
+    if fs.pair is not None:
+        cols = list(fs.pair)
+        pick2 = np.argmax(q[cols][None] - LAMBDAS.astype(np.float64)[:, None] * c[cols][None], -1)
+        run.pair = _pair_host(fs, np.repeat(pick2[:, None], fs.worlds["test"].quality.shape[0], 1))
+    return run
+
+
+def _threshold(fs: FoldSetup, st: Settings) -> RouterRun:
+    """Premium when the query is long (log prompt tokens > threshold), else the cheapest predicted model; the
+    threshold is swept over 12 quantiles of the validation prompts' lengths."""
+    wv = fs.worlds["val"]
+    thr = np.quantile(np.asarray(wv.features)[:, 0], np.linspace(0.0, 1.0, len(LAMBDAS)))
+    thr = np.concatenate([thr[:-1], [np.inf]])  # the last point: never premium
+
+    def dec(w, prem, cheap_cols=None):
+        x = np.asarray(w.features)[:, 0]
+        pc = np.where(np.asarray(w.mask), np.asarray(w.pred_cost), np.inf)
+        if cheap_cols is not None:
+            pc = pc[:, cheap_cols]
+        cheap = np.argmin(pc, -1)
+        return np.where(x[None] > thr[:, None], prem, cheap[None])
+
+    d = {s: dec(fs.worlds[s], fs.premium) for s in ("val", "test")}
+    run = _host_run(fs, d, st, thr.tolist())
+    if fs.pair is not None:
+        run.pair = _pair_host(fs, dec(fs.worlds["test"], 0, list(fs.pair)))
+    return run
+
+
+def _references(fs: FoldSetup, st: Settings, seed: int) -> dict[str, RouterRun]:
+    w = fs.worlds["test"]
+    n, k = w.quality.shape
+    q, c = np.asarray(w.quality, np.float64), np.asarray(w.cost, np.float64)
+    mask = np.asarray(w.mask)
+    out = {}
+    prem = np.full((1, n), fs.premium)
+    out["always_premium"] = RouterRun(outcomes_from_decisions(w, prem), 0, [None])
+    cheap = np.argmin(np.where(mask, np.asarray(w.pred_cost), np.inf), -1)
+    out["cheapest"] = RouterRun(outcomes_from_decisions(w, cheap[None]), 0, [None])
+    rng = np.random.default_rng(seed)
+    g = np.where(mask[None], rng.random((st.episodes, n, k)), -1.0)
+    rnd = np.argmax(g, -1)  # (E, N)
+    out["random"] = RouterRun(outcomes_from_decisions(w, rnd[None]), 0, [None])
+    orc = M.oracle_sweep(np.where(mask, q, -np.inf), c, ORACLE_LAMBDAS)
+    out["oracle"] = RouterRun(outcomes_from_decisions(w, orc), 0, ORACLE_LAMBDAS.tolist())
+    if fs.pair is not None:
+        s, wk = fs.pair
+        # the random router's knob: the probability p of a strong call (0 = strong, 1 = weak)
+        out["random"].pair = _pair_host(fs, (rng.random(n)[None] >= np.linspace(0, 1, 11)[:, None]).astype(int))
+        q2, c2 = q[:, [s, wk]], c[:, [s, wk]]
+        out["oracle"].pair = _pair_host(fs, M.oracle_sweep(q2, c2, ORACLE_LAMBDAS))
+    return out
+
+
+def _pick_pair(fs: FoldSetup) -> tuple[int, int] | None:
+    """(strong, weak) for APGR/CPT: strong = the premium model, weak = the best training-quality model costing
+    <= 10% of the premium's training cost (else the cheapest scoring below it); None when there is no gap."""
+    train = fs.data.split("train")
+    g = train.groupby("model")
+    models = list(fs.models)
+    q = g["quality"].mean().reindex(models).to_numpy(np.float64)
+    c = g["cost_usd"].mean().reindex(models).to_numpy(np.float64)
+    s = fs.premium
+    below = [j for j in range(len(models)) if q[j] < q[s]]
+    if not below:
+        return None
+    cheap = [j for j in below if c[j] <= 0.1 * c[s]]
+    w = max(cheap, key=lambda j: q[j]) if cheap else min(below, key=lambda j: c[j])
+    qt = np.asarray(fs.worlds["test"].quality, np.float64)
+    if not qt[:, s].mean() > qt[:, w].mean():
+        return None
+    return s, w
+
+
+def _run_fold(fs: FoldSetup, st: Settings, seed: int, bar=None) -> dict[str, dict[str, RouterRun]]:
+    fs.pair = _pick_pair(fs)
+    vectors = None
+    runs: dict[str, dict[str, RouterRun]] = {t: {} for t in TRACKS}
+    for v in VARIANTS:
+        if bar is not None:
+            bar.set_postfix_str(f"fold {fs.fold.index} {v.track} {v.name}")
+        if v.kind == "learner":
+            runs[v.track][v.name] = _learner(fs, v, st, seed)
+        elif v.kind == "mf":
+            runs[v.track][v.name] = _mf(fs, st, seed)
+        elif v.kind == "knn":
+            vectors = vectors or _text_vectors(fs, seed)
+            runs[v.track][v.name] = _knn(fs, st, seed, vectors)
+        elif v.kind == "best_fixed":
+            runs[v.track][v.name] = _best_fixed(fs, st)
+        elif v.kind == "threshold":
+            runs[v.track][v.name] = _threshold(fs, st)
+        else:
+            raise ValueError(f"unknown variant kind {v.kind!r}")
+    refs = _references(fs, st, seed)
+    for t in TRACKS:
+        runs[t].update(refs)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------- aggregation
+
+
+class _Boot(NamedTuple):
+    we: np.ndarray  # (B, E_max) episode weights (multinomial counts), per fold
+    wn: np.ndarray  # (B, N) prompt weights
+
+
+def _boot_weights(n: int, e_max: int, b: int, rng) -> _Boot:
+    wn = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
+    we = rng.multinomial(e_max, np.full(e_max, 1.0 / e_max), size=b).astype(np.float64)
+    return _Boot(we, wn)
+
+
+def _means(x: np.ndarray, bw: _Boot | None) -> np.ndarray:
+    """Mean of x (G, E, N) over episodes and prompts: (G,) for the point estimate, (B, G) under the bootstrap."""
+    if bw is None:
+        return x.mean((1, 2))
+    e = x.shape[1]
+    we = bw.we[:, :e] if e > 1 else np.ones((bw.we.shape[0], 1))
+    we = we / we.sum(1, keepdims=True)
+    xe = np.einsum("be,gen->bgn", we, x)
+    return np.einsum("bgn,bn->bg", xe, bw.wn) / bw.wn.sum(1)[:, None]
+
+
+def _fold_stats(runs: dict[str, RouterRun], fs: FoldSetup, bw: _Boot | None) -> dict[str, dict[str, np.ndarray]]:
+    """Per router: retention, cost reduction (at the chosen point) and AIQ (over the sweep), point or bootstrap."""
+    w = fs.worlds["test"]
+    q_all, c_all = np.asarray(w.quality, np.float64), np.asarray(w.cost, np.float64)
+    prem = runs["always_premium"].outcomes
+    qp, cp = _means(prem.quality, bw)[..., 0], _means(prem.cost, bw)[..., 0]
+    curves, out = {}, {}
+    for name, r in runs.items():
+        mq, mc = _means(r.outcomes.quality, bw), _means(r.outcomes.cost, bw)  # (..., G)
+        curves[name] = (mc, mq)
+        out[name] = {"quality": mq[..., r.chosen], "cost": mc[..., r.chosen],
+                     "quality_retention": mq[..., r.chosen] / qp, "cost_reduction": 1.0 - mc[..., r.chosen] / cp}
+    # zero router: the models' own points
+    zq = q_all.mean(0) if bw is None else bw.wn @ q_all / bw.wn.sum(1)[:, None]
+    zc = c_all.mean(0) if bw is None else bw.wn @ c_all / bw.wn.sum(1)[:, None]
+    curves["zero_router"] = (zc, zq)
+    lo, hi = fs.aiq_bounds
+    for name, (c, q) in curves.items():
+        if bw is None:
+            a = M.aiq(c, q, lo, hi)
+        else:
+            a = np.array([M.aiq(c[i], q[i], lo, hi) for i in range(c.shape[0])])
+        out.setdefault(name, {})["aiq"] = a
+    return out
+
+
+def _ci(point: float, boots: np.ndarray) -> dict:
+    b = np.asarray(boots, np.float64)
+    b = b[np.isfinite(b)]
+    lo, hi = (np.percentile(b, [2.5, 97.5]) if b.size else (np.nan, np.nan))
+    return {"mean": float(point), "ci95": [float(lo), float(hi)]}
+
+
+def _regret_and_convergence(r: RouterRun, fs: FoldSetup, st: Settings) -> dict:
+    """Cumulative regret per episode at the chosen lambda against the per-query oracle and the best fixed model in
+    hindsight (utility quality - lam * realised cost), and the convergence time of learners."""
+    lam = r.lam if r.lam is not None else 0.0
+    w = fs.worlds["test"]
+    q_all, c_all = np.asarray(w.quality, np.float64), np.asarray(w.cost, np.float64)
+    mask = np.asarray(w.mask)
+    q_rows = np.where(mask, q_all, -np.inf)
+    qg, cg = r.outcomes.quality[r.chosen], r.outcomes.cost[r.chosen]  # (E, N)
+    fixed = M.best_fixed_model(q_all, c_all, lam)
+    reg_o = M.regret_per_step(qg, cg, q_rows[None], c_all[None], lam, "oracle").sum(-1)
+    reg_f = M.regret_per_step(qg, cg, q_all[None], c_all[None], lam, "best_fixed", fixed).sum(-1)
+    out = {"regret_vs_oracle": reg_o, "regret_vs_best_fixed": reg_f}
+    if r.outcomes.order is not None:
+        order = r.outcomes.order[r.chosen]  # (E, T)
+        qs = np.take_along_axis(qg, order, -1)
+        cs = np.take_along_axis(cg, order, -1)
+        inst = M.regret_per_step(qs, cs, q_all[order], c_all[order], lam, "best_fixed", fixed)
+        conv = M.convergence_time(inst, st.conv_threshold, 50)
+        out["convergence_queries"] = conv.queries.astype(np.float64)
+        out["converged_share"] = conv.converged.astype(np.float64)
+    return out
+
+
+def _per_prompt_utility(r: RouterRun, lam: float, n_rows: int) -> np.ndarray:
+    """(N,) mean over episodes of quality - lam * cost at the chosen point."""
+    return (r.outcomes.quality[r.chosen] - lam * r.outcomes.cost[r.chosen]).mean(0)
+
+
+def _utility_at(r: RouterRun, lam: float) -> np.ndarray:
+    return _per_prompt_utility(r, lam, r.outcomes.quality.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+
+def run_compare(data: str | RoutingData, out: Path, *, folds: int = 5, episodes: int = 16, seed: int = 0,
+                tokens: str = "hierarchical", target_retention: float = 0.95, premium: str | None = None,
+                uncertainty: str = "scaled", bootstrap: int = 200, quick: bool = False, argv=None,
+                progress: bool = True, prices: dict | None = None) -> dict:
     """Run the comparison and write DIR/metrics.json, DIR/report.md and PNG plots.
 
     Args:
-      data: dataset name or path; out: output folder; episodes: E per policy; seed: base seed.
-      tokens: "hierarchical" or "standin" token predictions for the cost/uncertainty terms.
-      target_retention: quality retention the lambda selection on val aims for.
-      quick: small settings for smoke tests.
-      strong, weak: the model pair for APGR/CPT (default: premium and the best model costing <= 10% of it).
-      argv: the command line to record (default: sys.argv).
-      progress: show a progress bar.
+      data: dataset name or path (or a loaded RoutingData); out: output folder.
+      folds: K prompt-level folds. episodes: test episodes per learner and lambda. seed: base seed.
+      tokens: "hierarchical" or "standin" token predictions for the cost and uncertainty terms.
+      target_retention: the retention target of the lambda selection on validation.
+      premium: a model to use as the premium model (default: the best by training quality).
+      uncertainty: "scaled" (lam * (cost + gamma * sd), default) or "research" (lam * cost + gamma * sd).
+      bootstrap: bootstrap replicates for the intervals.
+      quick: small settings (smoke tests).
+      argv: the command line to record (default sys.argv). progress: a progress bar.
     Returns:
       The metrics dict written to metrics.json.
     """
@@ -131,342 +569,322 @@ def run_compare(data: str, out: Path, *, episodes: int = 1000, seed: int = 0, to
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = command_line(argv)
-    setup = prepare(data, seed=seed, tokens=tokens, quick=quick)
-    data = setup.data.name
-    wv, iv = setup.worlds["val"], setup.infos["val"]
-    wt, it = setup.worlds["test"], setup.infos["test"]
-    n_test, k = wt.quality.shape
-    models = it.models
-    val_eps = max(32, episodes // 16) if not quick else 4
-    sweep_eps = max(16, episodes // 32) if not quick else 4
-    gam = 0.25
-
-    # ---- lambda on the validation split (one compiled call over the lambda grid); on test each tuned policy runs
-    # at its chosen lambda with all episodes, and over the whole grid with fewer episodes for the AIQ sweep
-    chosen: dict[str, dict] = {}
-    stats: dict[str, EpisodeStats] = {}
-    sweep_points, curves = {}, {}
-    bar = tqdm(list(KERNEL_POLICIES.items()), desc="compare", unit="policy", disable=not progress)
-    for key, (pol, extra, tuned) in bar:
-        bar.set_postfix_str(key)
-        over = _hyper_overrides(setup, extra, contextual=pol == "contextual_thompson")
-        if not tuned:  # fixed routers; lambda (Thompson's) only sets best-single's utility and the regret's
-            lam_t = chosen["thompson"]["lam"]
-            m, _ = run_policy(wt, it, pol, episodes=episodes, seed=seed, lam=lam_t, gam=gam, hyper_overrides=over)
-            stats[key] = episode_stats(m, it, n_test)
-            continue
-        chosen[key] = select_lambda(wv, iv, pol, episodes=val_eps, seed=seed + 1, gam=gam,
-                                    target_retention=target_retention, hyper_overrides=over)
-        m, _ = run_policy(wt, it, pol, episodes=episodes, seed=seed, lam=chosen[key]["lam"], gam=gam,
-                          hyper_overrides=over)
-        stats[key] = episode_stats(m, it, n_test)
-        m, _ = run_policy(wt, it, pol, episodes=sweep_eps, seed=seed, gam=gam, grid={"lam": LAMBDA_GRID},
-                          hyper_overrides=over)
-        st = episode_stats(m, it, n_test)  # leaves (G, E_sweep)
-        curves[key] = (st.cost_norm.mean(-1), st.quality.mean(-1))
-        sweep_points[key] = {"lam": LAMBDA_GRID.tolist(), "cost_usd": st.cost_usd.mean(-1).tolist(),
-                             "quality": st.quality.mean(-1).tolist(), "episodes": sweep_eps}
-    mf = _mf_decisions(setup, seed, target_retention, quick)
-    q, c_norm = np.asarray(wt.quality, np.float64), np.asarray(wt.cost, np.float64)
-    d = mf["decisions"]
-    mf_q = q[np.arange(n_test), d].mean()
-    mf_c = c_norm[np.arange(n_test), d].sum()
-    stats["mf_router"] = EpisodeStats(
-        quality=np.full(episodes, mf_q), cost_usd=np.full(episodes, mf_c * it.cost_scale),
-        cost_norm=np.full(episodes, mf_c / n_test), regret=np.full(episodes, np.nan),
-        convergence=np.full(episodes, 0), converged=np.ones(episodes, bool),
-        choices=np.tile(np.bincount(d, minlength=k), (episodes, 1)))
-    chosen["mf_router"] = {k2: mf[k2] for k2 in ("lam", "val_retention", "val_cost_reduction", "met_target")}
-
-    q_prem = float(stats["always_premium"].quality[0])
-    c_prem = float(stats["always_premium"].cost_usd[0])
-    q_orc = float(stats["oracle"].quality[0])
-
-    policies = {}
-    for key, st in stats.items():
-        ret = st.quality / q_prem
-        policies[key] = {
-            "quality": _ci(st.quality, seed),
-            "cost_usd": _ci(st.cost_usd, seed),
-            "quality_retention": _ci(ret, seed),
-            "quality_vs_oracle": _ci(st.quality / q_orc, seed),
-            "cost_reduction": _ci(1.0 - st.cost_usd / c_prem, seed),
-            "regret": _ci(st.regret, seed) if np.isfinite(st.regret).all() else None,
-            "convergence_queries": _ci(st.convergence.astype(np.float64), seed),
-            "converged_share": float(st.converged.mean()),
-            "utilization": {m: float(v) for m, v in zip(models, st.choices.mean(0) / n_test)},
-            "lam": chosen.get(key, {}).get("lam") if key in chosen else (
-                chosen["thompson"]["lam"] if key == "best_single" else None),
-        }
-
-    # ---- AIQ over the lambda sweeps, with the Zero router and the oracle
-    curves["mf_router"] = (mf["curve"][:, 0], mf["curve"][:, 1])
-    sweep_points["mf_router"] = {"lam": LAMBDA_GRID.tolist(), "cost_usd": (mf["curve"][:, 0] * n_test * it.cost_scale).tolist(),
-                                 "quality": mf["curve"][:, 1].tolist()}
-    model_cost = c_norm.mean(0)
-    model_q = q.mean(0)
-    curves["zero_router"] = (model_cost, model_q)
-    curves["oracle"] = (np.array([stats["oracle"].cost_norm[0]]), np.array([q_orc]))
-    aiq = M.aiq_table(curves)
-
-    # ---- APGR / CPT for a strong/weak pair
-    i_strong, i_weak, why = _pick_pair(models, model_cost, model_q, np.asarray(wt.pred_cost).mean(0), strong, weak)
-    if why is None:
-        pair = _pair_metrics(setup, mf, i_strong, i_weak, val_eps, seed, gam)
-    else:  # no strong/weak gap on this test split: APGR/CPT are undefined, say why
-        pair = {"strong": models[i_strong], "weak": models[i_weak], "undefined": why,
-                "apgr": {}, "cpt50": {}, "cpt80": {}}
-
-    # ---- significance: Thompson vs every baseline on per-episode utility at Thompson's lambda
-    sig = {}
-    for ts in THOMPSON_KEYS:  # each Thompson variant is tested under its own utility (its chosen lambda)
-        lam_star = chosen[ts]["lam"]
-        util = {key: st.quality - lam_star * st.cost_norm for key, st in stats.items()}
-        tests = {}
-        for key in stats:
-            if key == ts:
-                continue
-            w = paired_test(util[ts], util[key], "wilcoxon", seed=seed)
-            t = paired_test(util[ts], util[key], "ttest", seed=seed)
-            tests[key] = {"test": w.test, "statistic": w.statistic, "p_value": w.p_value,
-                          "mean_diff": w.mean_diff, "mean_diff_ci95": [w.ci_low, w.ci_high],
-                          "ttest_p_value": t.p_value}
-        names = list(tests)
-        adj, rej = holm(np.array([tests[n]["p_value"] for n in names]))
-        for n, a, r in zip(names, adj, rej):
-            tests[n]["p_holm"] = float(a)
-            tests[n]["significant_holm_0.05"] = bool(r)
-        sig[ts] = tests
-
-    best = select_thompson(chosen, target_retention)
-    bp = policies[best]
-    thompson_router = {
-        "selected": best, "selected_on": "validation split (largest cost reduction with retention >= target)",
-        "lam": chosen[best]["lam"], "val_retention": chosen[best]["retention"],
-        "val_cost_reduction": chosen[best]["cost_reduction"],
-        "quality_retention": bp["quality_retention"], "cost_reduction": bp["cost_reduction"],
-        "target": {"quality_retention": target_retention, "cost_reduction": 0.60},
-        "target_met": bool(bp["quality_retention"]["mean"] >= target_retention and bp["cost_reduction"]["mean"] >= 0.60),
-        "aiq": aiq.get(best), "aiq_beats_zero_router": bool(aiq.get(best, -1) > aiq["zero_router"]),
-        "aiq_beats_mf_router": bool(aiq.get(best, -1) > aiq["mf_router"]),
-    }
-    result = {
-        "command": cmd,
-        "data": data,
-        "world_kind": setup.data.world_kind,
-        "quality_kind": setup.data.quality_kind,
-        "seed": seed,
-        "episodes": episodes,
-        "steps_per_episode": n_test,
-        "models": list(models),
-        "premium_model": models[int(np.argmax(np.asarray(wt.pred_cost).mean(0)))],
-        "always_premium": {"quality": q_prem, "cost_usd": c_prem},
-        "oracle": {"quality": q_orc, "cost_usd": float(stats["oracle"].cost_usd[0])},
-        "target_retention": target_retention,
-        "lambda_selection": chosen,
-        "thompson_router": thompson_router,
-        "gamma": gam,
-        "policies": policies,
-        "aiq": {k2: v for k2, v in aiq.items()},
-        "sweeps": sweep_points,
-        "pair": pair,
-        "apgr": pair["apgr"],
-        "cpt50": pair["cpt50"],
-        "cpt80": pair["cpt80"],
-        "significance": sig,
-        "token_model": setup.token_source,
-        "notes": setup.notes,
-    }
-    _plots(out, result, stats, models, curves, it)
+    rd = data if isinstance(data, RoutingData) else load_data(data, seed=seed)
+    if not rd.has_quality:
+        raise ValueError(f"dataset {rd.name!r} has no quality signal ({rd.quality_kind}); routing needs quality")
+    if not 0 < target_retention <= 1.5:
+        raise ValueError(f"target_retention must be in (0, 1.5], got {target_retention}")
+    for name, v, lo in (("folds", folds, 2), ("episodes", episodes, 1), ("bootstrap", bootstrap, 10)):
+        if int(v) < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {v}")
+    st = Settings(episodes=int(episodes), bootstrap=int(bootstrap), form=uncertainty, target=target_retention,
+                  quick=quick)
+    lambda_cells(LAMBDAS, st.gamma, st.form)  # validates the form
+    fold_list, fold_notes = make_folds(rd.table, folds, seed)
+    rng = np.random.default_rng(seed + 1)
+    per_fold, setups = [], []
+    bar = tqdm(fold_list, desc=f"compare {rd.name}", unit="fold", disable=not progress)
+    for fold in bar:
+        fs = prepare_fold(rd, fold, seed=seed, tokens=tokens, quick=quick, premium=premium)
+        fs.aiq_bounds = _bounds(fs.worlds["test"])
+        runs = _run_fold(fs, st, seed, bar)
+        per_fold.append(runs)
+        setups.append(fs)
+    result = _aggregate(rd, setups, per_fold, st, rng, seed)
+    result.update(command=cmd, data=rd.name, world_kind=rd.world_kind, quality_kind=rd.quality_kind, seed=seed,
+                  folds=folds, episodes=st.episodes,
+                  bootstrap=st.bootstrap, target_retention=target_retention, uncertainty=uncertainty,
+                  gamma=st.gamma, lambdas=LAMBDAS.tolist(), token_model=setups[0].token_source,
+                  notes=list(rd.notes) + fold_notes + setups[0].notes,
+                  variants=[{"name": v.name, "track": v.track, "kind": v.kind, "policy": v.policy, "knob": v.knob,
+                             "knob_values": [lab for lab, _ in v.knob_values], "label_aware": v.label_aware}
+                            for v in VARIANTS])
+    result["seconds"] = time.perf_counter() - t_start
+    _plots(out, result)
     write_json(out / "metrics.json", result)
-    atomic_write(out / "report.md", _report(result, time.perf_counter() - t_start))
+    atomic_write(out / "report.md", _report(result))
     return result
 
 
-def _pick_pair(models, model_cost, model_q, pred_cost, strong, weak):
-    """(strong index, weak index, None) for APGR/CPT, or (.., .., reason) when no pair has a quality gap.
+def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, seed: int) -> dict:
+    k = len(setups)
+    names = {t: list(per_fold[0][t]) + ["zero_router"] for t in TRACKS}
+    # one bootstrap resample per fold, shared by every router and both tracks (paired)
+    boots = []
+    for fs, runs in zip(setups, per_fold):
+        n = fs.worlds["test"].quality.shape[0]
+        boots.append(_boot_weights(n, st.episodes, st.bootstrap, rng))
+    tracks = {}
+    for t in TRACKS:
+        point = [_fold_stats(runs[t], fs, None) for fs, runs in zip(setups, per_fold)]
+        boot = [_fold_stats(runs[t], fs, bw) for fs, runs, bw in zip(setups, per_fold, boots)]
+        routers = {}
+        for name in names[t]:
+            entry = {}
+            keys = ("quality_retention", "cost_reduction", "aiq") if name != "zero_router" else ("aiq",)
+            for key in keys:
+                pt = float(np.mean([p[name][key] for p in point]))
+                bs = np.mean([b[name][key] for b in boot], 0)
+                entry[key] = _ci(pt, bs)
+                entry[f"{key}_per_fold"] = [float(p[name][key]) for p in point]
+            if name == "zero_router":
+                entry["aiq_only"] = True
+                routers[name] = entry
+                continue
+            runs_n = [runs[t][name] for runs in per_fold]
+            entry.update(_router_extras(name, runs_n, setups, st, t))
+            routers[name] = entry
+        tracks[t] = {"routers": routers}
+    # significance: thompson vs every other router of its track, per-prompt utility at thompson's lambda
+    p_raw, labels = [], []
+    diffs = {}
+    for t in TRACKS:
+        for name in names[t]:
+            if name in ("thompson", "zero_router"):
+                continue
+            d = []
+            for fs, runs in zip(setups, per_fold):
+                lam = runs[t]["thompson"].lam
+                d.append(_utility_at(runs[t]["thompson"], lam) - _utility_at(runs[t][name], lam))
+            d = np.concatenate(d)
+            if np.allclose(d, 0.0):
+                p = 1.0
+            else:
+                p = float(sps.ttest_1samp(d, 0.0).pvalue)
+            diffs[(t, name)] = (float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size)), p)
+            p_raw.append(p)
+            labels.append((t, name))
+    adj, _ = holm(np.array(p_raw)) if p_raw else (np.array([]), None)
+    p_values = {t: {} for t in TRACKS}
+    comparisons = {t: {} for t in TRACKS}
+    for (t, name), pa in zip(labels, adj):
+        mean, se, p = diffs[(t, name)]
+        p_values[t][name] = float(pa)
+        verdict = "tie" if pa >= 0.05 else ("win" if mean > 0 else "loss")
+        comparisons[t][name] = {"mean_utility_difference": mean, "ci95": [mean - 1.96 * se, mean + 1.96 * se],
+                                "p_value": p, "p_holm": float(pa), "verdict": verdict, "unit": "prompt",
+                                "n_prompts": int(sum(fs.worlds["test"].quality.shape[0] for fs in setups))}
+    headline = _headline(tracks, per_fold, st)
+    first = setups[0]
+    return {"tracks": tracks, "p_values": p_values, "comparisons": comparisons, "headline": headline,
+            "models": list(first.models),
+            "premium_model": {"per_fold": [fs.models[fs.premium] for fs in setups],
+                              "rule": "best training-split quality (ties: cheaper)" if True else ""},
+            "strong_weak_pair": [None if fs.pair is None else [fs.models[fs.pair[0]], fs.models[fs.pair[1]]]
+                                 for fs in setups],
+            "steps_per_episode": int(first.worlds["test"].quality.shape[0]),
+            "fold_sizes": {"train": len(first.fold.train), "val": len(first.fold.val), "test": len(first.fold.test)},
+            "sweeps": _sweeps(per_fold, setups)}
 
-    Default strong: the premium (highest predicted cost) model, or if another model scores higher on the test
-    split, the highest-quality model. Default weak: the best model costing <= 10% of the strong one and scoring
-    below it (else the cheapest model scoring below it).
-    """
-    for name in (strong, weak):
-        if name is not None and name not in models:
-            raise ValueError(f"--strong/--weak: unknown model {name!r}; models: {', '.join(models)}")
-    if strong:
-        i_s = models.index(strong)
-    else:
-        i_s = int(np.argmax(pred_cost))
-        if model_q.max() > model_q[i_s]:
-            i_s = int(np.argmax(model_q))
-    below = [j for j in range(len(models)) if model_q[j] < model_q[i_s]]
-    if weak:
-        i_w = models.index(weak)
-    elif below:
-        cheap = [j for j in below if model_cost[j] <= 0.1 * model_cost[i_s]]
-        i_w = max(cheap, key=lambda j: model_q[j]) if cheap else min(below, key=lambda j: model_cost[j])
-    else:
-        return i_s, i_s, f"no model scores below {models[i_s]} on the test split"
-    if model_q[i_s] <= model_q[i_w]:
-        return i_s, i_w, (f"strong {models[i_s]} (quality {model_q[i_s]:.4f}) does not score above weak "
-                          f"{models[i_w]} ({model_q[i_w]:.4f}) on the test split")
-    return i_s, i_w, None
+
+def _router_extras(name: str, runs: list[RouterRun], setups: list[FoldSetup], st: Settings, track: str) -> dict:
+    e: dict[str, Any] = {}
+    v = next((x for x in VARIANTS if x.name == name and x.track == track), None)
+    e["label_aware"] = bool(v.label_aware) if v else False
+    e["kind"] = v.kind if v else "reference"
+    if runs[0].lam is not None:
+        lams = [r.lam for r in runs]
+        e["lam"] = float(np.median(lams))
+        e["lam_per_fold"] = lams
+        e["lam_at_grid_edge"] = [bool(x in (float(LAMBDAS[0]), float(LAMBDAS[-1]))) for x in lams]
+    if v is not None and v.knob is not None:
+        labs = [lab for lab, _ in v.knob_values]
+        e["knob"] = v.knob
+        e["knob_per_fold"] = [r.knob for r in runs]
+        ordered = v.knob not in ("exploration", "exploration/prior strength")
+        e["knob_at_grid_edge"] = [bool(ordered and r.knob in (labs[0], labs[-1])) for r in runs]
+        e["knob_validation_aiq"] = [r.knob_scores for r in runs]
+    if v is not None and v.kind == "threshold":
+        e["threshold_per_fold"] = [r.sweep[r.chosen] for r in runs]
+        e["threshold_at_grid_edge"] = [bool(r.chosen in (0, len(r.sweep) - 1)) for r in runs]
+    if runs[0].val:
+        e["validation"] = {key: float(np.mean([r.val[key] for r in runs])) for key in ("retention", "cost_reduction")}
+        e["validation"]["met_target_folds"] = int(sum(r.val["met_target"] for r in runs))
+    pairs = [r.pair for r in runs if r.pair is not None]
+    for key in ("apgr", "cpt50", "cpt80"):
+        vals = [p[key] for p in pairs]
+        e[key] = float(np.nanmean(vals)) if vals and np.isfinite(vals).any() else None
+    if name != "oracle" and (runs[0].lam is not None or name in ("always_premium", "cheapest", "random")):
+        rc = [_regret_and_convergence(r, fs, st) for r, fs in zip(runs, setups)]
+        for key in rc[0]:
+            vals = np.concatenate([x[key] for x in rc])
+            e[key] = {"mean": float(vals.mean()), "per_fold": [float(x[key].mean()) for x in rc]}
+        if "convergence_queries" in e:
+            e["convergence_threshold"] = st.conv_threshold
+    return e
 
 
-def _pair_metrics(setup, mf, i_strong, i_weak, eps, seed, gam) -> dict:
-    """APGR and CPT(50/80%) for a strong/weak pair: the MF router's score and Thompson's lambda sweep."""
-    wt, it = setup.worlds["test"], setup.infos["test"]
-    q = np.asarray(wt.quality, np.float64)
-    qs, qw = q[:, i_strong], q[:, i_weak]
-    qhat = mf["qhat"]
-    score = qhat[:, i_strong] - qhat[:, i_weak]
-    out = {"strong": it.models[i_strong], "weak": it.models[i_weak],
-           "mf_router": {"apgr": M.apgr(score, qs, qw), "cpt50": M.cpt(score, qs, qw, 0.5),
-                         "cpt80": M.cpt(score, qs, qw, 0.8)},
-           "random": {"apgr": M.apgr(np.zeros_like(qs), qs, qw)}}
-    # Thompson on the two-model world: its lambda sweep traces (share of strong calls, quality)
-    w2, i2 = select_models(wt, it, [i_strong, i_weak])
-    lams = np.concatenate([np.linspace(0, 0.3, 16), np.linspace(0.35, 3.0, 16)]).astype(np.float32)
-    res = {}
-    sel = [i_strong, i_weak]
-    for key, pol in (("thompson", "thompson"), ("thompson_contextual", "contextual_thompson"),
-                     ("thompson_contextual_warm", "contextual_thompson")):
-        over = _hyper_overrides(setup, KERNEL_POLICIES[key][1], contextual=pol == "contextual_thompson")
-        over = {name: (np.asarray(v)[..., sel] if name.startswith("prior_") else v)  # the pair's prior columns
-                for name, v in over.items()}
-        m, _ = run_policy(w2, i2, pol, episodes=eps, seed=seed, gam=gam, grid={"lam": lams}, hyper_overrides=over)
-        st = episode_stats(m, i2, q.shape[0])
-        share = st.choices[..., 0].mean(-1) / q.shape[0]
-        qual = st.quality.mean(-1)
-        pgr = (qual - qw.mean()) / (qs.mean() - qw.mean())
-        # hull of (share, PGR) points with the two fixed endpoints: random mixing reaches everything below it
-        hc, hq = M.nondecreasing_hull(np.r_[0.0, share, 1.0], np.r_[0.0, pgr, 1.0])
-        grid = np.linspace(0, 1, 1001)
-        curve = np.interp(grid, hc, hq)
-        reach = lambda x: float(grid[np.argmax(curve >= x)]) if (curve >= x).any() else float("nan")
-        res[key] = {"apgr": float(np.trapezoid(curve, grid)), "cpt50": reach(0.5), "cpt80": reach(0.8),
-                    "share": share.tolist(), "pgr": pgr.tolist()}
-    out.update(res)
-    out["apgr"] = {k: v["apgr"] for k, v in out.items() if isinstance(v, dict) and "apgr" in v}
-    out["cpt50"] = {k: v["cpt50"] for k, v in out.items() if isinstance(v, dict) and "cpt50" in v}
-    out["cpt80"] = {k: v["cpt80"] for k, v in out.items() if isinstance(v, dict) and "cpt80" in v}
+def _headline(tracks: dict, per_fold: list, st: Settings) -> dict:
+    """The headline router: among the warm track's text-only learners, chosen on validation only (target rule on
+    the fold-mean validation figures)."""
+    cands = [v.name for v in VARIANTS if v.track == "warm" and not v.label_aware]
+    val = {n: tracks["warm"]["routers"][n]["validation"] for n in cands}
+    ok = [n for n in cands if val[n]["retention"] >= st.target]
+    best = max(ok, key=lambda n: val[n]["cost_reduction"]) if ok else max(cands, key=lambda n: val[n]["retention"])
+    r = tracks["warm"]["routers"][best]
+    table = {n: {"validation": val[n], "test": {"quality_retention": tracks["warm"]["routers"][n]["quality_retention"],
+                                                "cost_reduction": tracks["warm"]["routers"][n]["cost_reduction"]}}
+             for n in cands}
+    return {"track": "warm", "router": best, "lam": r.get("lam"), "lam_per_fold": r.get("lam_per_fold"),
+            "selected_on": "validation only: the largest fold-mean validation cost reduction with fold-mean "
+                           f"validation retention >= {st.target} (else the highest retention)",
+            "validation": val[best],
+            "test": {"quality_retention": r["quality_retention"], "cost_reduction": r["cost_reduction"],
+                     "aiq": r["aiq"]},
+            "target": {"quality_retention": st.target, "cost_reduction": TARGET_COST_REDUCTION},
+            "target_met": bool(r["quality_retention"]["mean"] >= st.target
+                               and r["cost_reduction"]["mean"] >= TARGET_COST_REDUCTION),
+            "validation_vs_test": table}
+
+
+def _sweeps(per_fold: list, setups: list) -> dict:
+    """Fold-mean (cost, quality) of every router's sweep points (for plots)."""
+    out = {}
+    for t in TRACKS:
+        out[t] = {}
+        for name in per_fold[0][t]:
+            if name == "oracle":
+                continue
+            cs = np.mean([r[t][name].outcomes.cost.mean((1, 2)) for r in per_fold], 0)
+            qs = np.mean([r[t][name].outcomes.quality.mean((1, 2)) for r in per_fold], 0)
+            out[t][name] = {"cost": cs.tolist(), "quality": qs.tolist()}
+        orc = [r[t]["oracle"].outcomes for r in per_fold]
+        out[t]["oracle"] = {"cost": np.mean([o.cost.mean((1, 2)) for o in orc], 0).tolist(),
+                            "quality": np.mean([o.quality.mean((1, 2)) for o in orc], 0).tolist()}
+        zc = np.mean([np.asarray(fs.worlds["test"].cost, np.float64).mean(0) for fs in setups], 0)
+        zq = np.mean([np.asarray(fs.worlds["test"].quality, np.float64).mean(0) for fs in setups], 0)
+        out[t]["zero_router"] = {"cost": zc.tolist(), "quality": zq.tolist()}
     return out
 
 
-def _plots(out: Path, r: dict, stats, models, curves, info) -> None:
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _plots(out: Path, r: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scale = info.cost_scale * r["steps_per_episode"]
-    # cost-quality plane
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    zc, zq = M.nondecreasing_hull(*curves["zero_router"])
-    ax.plot(zc * scale, zq, "k--", lw=1, label="Zero router (hull of single models)")
-    ax.scatter(curves["zero_router"][0] * scale, curves["zero_router"][1], c="lightgray", s=18, zorder=1)
-    for j, m in enumerate(models):
-        ax.annotate(short_name(m), (curves["zero_router"][0][j] * scale, curves["zero_router"][1][j]), fontsize=6,
-                    color="gray")
-    for key, (c, q) in curves.items():
-        if key in ("zero_router", "oracle"):
-            continue
-        o = np.argsort(c)
-        ax.plot(c[o] * scale, q[o], "-", lw=1, alpha=0.6, label=f"{key} (λ sweep)")
-    for key, p in r["policies"].items():
-        ax.errorbar(p["cost_usd"]["mean"], p["quality"]["mean"],
-                    xerr=[[p["cost_usd"]["mean"] - p["cost_usd"]["ci95"][0]], [p["cost_usd"]["ci95"][1] - p["cost_usd"]["mean"]]],
-                    yerr=[[p["quality"]["mean"] - p["quality"]["ci95"][0]], [p["quality"]["ci95"][1] - p["quality"]["mean"]]],
-                    fmt="o", ms=4, capsize=2)
-        ax.annotate(key, (p["cost_usd"]["mean"], p["quality"]["mean"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("total cost of the test split (USD, log scale)")
-    ax.set_ylabel("mean quality")
-    ax.set_title(f"Cost–quality plane, {r['data']} test split ({r['episodes']} episodes, 95% CI)")
-    ax.legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, t in zip(axes, TRACKS):
+        sw = r["sweeps"][t]
+        for name, pts in sw.items():
+            if name in ("zero_router",):
+                ax.scatter(pts["cost"], pts["quality"], s=14, c="grey", label="models (zero router)", zorder=3)
+                hc, hq = M.zero_router_hull(np.array(pts["cost"]), np.array(pts["quality"]))
+                ax.plot(hc, hq, c="grey", ls=":", lw=1)
+                continue
+            style = dict(lw=2.2) if name in ("thompson", r["headline"]["router"]) else dict(lw=1, alpha=0.8)
+            ls = "--" if name.endswith("_label") else "-"
+            if len(pts["cost"]) > 1:
+                ax.plot(pts["cost"], pts["quality"], ls=ls, marker="." if name != "oracle" else None, label=name,
+                        **style)
+            else:
+                ax.scatter(pts["cost"], pts["quality"], marker="x", s=40, label=name)
+        ax.set_title(f"{t} track ({r['data']}, mean over {r['folds']} folds)")
+        ax.set_xlabel("mean normalised cost per query")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean quality")
+    axes[1].legend(fontsize=7, loc="lower right")
     savefig(fig, out / "cost_quality.png")
 
-    # utilisation
-    keys = [k for k in r["policies"] if k not in ("always_premium", "cheapest", "oracle")]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    bottom = np.zeros(len(keys))
-    cmap = plt.get_cmap("tab20")
-    for j, m in enumerate(models):
-        vals = np.array([r["policies"][k]["utilization"][m] for k in keys])
-        ax.bar(keys, vals, bottom=bottom, color=cmap(j % 20), label=short_name(m))
-        bottom += vals
-    ax.set_ylabel("share of queries")
-    ax.set_title("Model utilisation per policy")
-    ax.tick_params(axis="x", rotation=45, labelsize=7)
-    ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
-    savefig(fig, out / "utilization.png")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, t in zip(axes, TRACKS):
+        rs = r["tracks"][t]["routers"]
+        names = sorted(rs, key=lambda n: rs[n]["aiq"]["mean"])
+        m = np.array([rs[n]["aiq"]["mean"] for n in names])
+        lo = np.array([rs[n]["aiq"]["ci95"][0] for n in names])
+        hi = np.array([rs[n]["aiq"]["ci95"][1] for n in names])
+        ax.barh(names, m, xerr=[m - lo, hi - m], color=["C3" if n == "thompson" else "C0" for n in names])
+        ax.set_xlim(max(0.0, float(lo.min()) - 0.05), min(1.0, float(hi.max()) + 0.02))
+        ax.set_title(f"AIQ, {t} track (95% CI: prompts x episodes)")
+        ax.grid(alpha=0.3, axis="x")
+    savefig(fig, out / "aiq.png")
 
 
-def _report(r: dict, seconds: float) -> str:
-    P = r["policies"]
-    lines = [
-        f"# Routing comparison: {r['data']}", "",
-        f"Made by `{r['command']}` (seed {r['seed']}, {seconds:.0f} s). Every number below is in `metrics.json`, "
-        f"computed by that command.", "",
-        f"World: **{r['world_kind']}** (quality: {r['quality_kind']}); test split: {r['steps_per_episode']} queries; "
-        f"{r['episodes']} episodes per policy, each routing every test query once in its own order; common random "
-        f"numbers across policies. Token model for the cost/uncertainty terms: {r['token_model']}.", "",
-        f"Always-premium (`{r['premium_model']}`): quality {r['always_premium']['quality']:.3f} at "
-        f"${r['always_premium']['cost_usd']:.2f}; oracle: {r['oracle']['quality']:.3f} at ${r['oracle']['cost_usd']:.2f}.",
-        "", f"λ of each cost-aware router chosen on the validation split: the largest cost reduction with quality "
-        f"retention ≥ {r['target_retention']} (else the highest retention); γ = {r['gamma']}.", "",
-        "Thompson variants: `thompson` starts from Beta(1, 1) for every model (the research code's default); "
-        "`thompson_family_prior` gives each model a Beta prior from its family's other models on the training split; "
-        "`thompson_contextual` keeps one posterior per query category; `thompson_warm` / "
-        "`thompson_contextual_warm` start from the posterior after the training split (per category for the "
-        "contextual one). All keep the research defaults, exploration rate max(0.05, 0.95^t) and utility "
-        "π − λ·cost − γ·uncertainty, except `thompson_contextual_warm_pure`: the warm contextual router as pure "
-        "Thompson sampling (exploration 0.95^t, no 0.05 floor), where the posterior's own spread explores.", "",
-        f"**Thompson router chosen on validation**: `{r['thompson_router']['selected']}` (λ = "
-        f"{r['thompson_router']['lam']:g}; validation retention {r['thompson_router']['val_retention']:.3f}, cost "
-        f"reduction {r['thompson_router']['val_cost_reduction']:.3f}). On test: retention "
-        f"{r['thompson_router']['quality_retention']['mean']:.3f}, cost reduction "
-        f"{r['thompson_router']['cost_reduction']['mean']:.3f}; target (≥ {r['target_retention']} at ≥ 0.60) "
-        f"{'met' if r['thompson_router']['target_met'] else 'NOT met'}; AIQ "
-        f"{fmt(r['thompson_router']['aiq'], 3)} vs Zero router {r['aiq']['zero_router']:.3f} and MF router "
-        f"{r['aiq']['mf_router']:.3f}.", "",
-        "## Policies (test split, mean over episodes with bootstrap 95% CI)", "",
-    ]
-    rows = []
-    for key, p in P.items():
-        ci = lambda d: f"{d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
-        rows.append([key, fmt(p["lam"], 2) if p["lam"] is not None else "–", ci(p["quality_retention"]),
-                     ci(p["cost_reduction"]), ci(p["quality_vs_oracle"]), f"{p['cost_usd']['mean']:.3f}",
-                     fmt(p["regret"]["mean"], 1) if p["regret"] else "–",
-                     f"{p['convergence_queries']['mean']:.0f}"])
-    lines.append(md_table(["policy", "λ", "quality retention", "cost reduction", "quality vs oracle", "cost $",
-                           "regret", "convergence (queries)"], rows))
-    lines += ["", "Regret: cumulative pseudo-regret against the best fixed model in hindsight under the same utility "
-              "(kernel definition); convergence: queries after which the rolling mean (window 50) of instantaneous "
-              "regret stays below 0.05 to the end. Deterministic routers have zero-width intervals. The MF router is "
-              "trained offline on the training split (no online learning), so regret/convergence do not apply.", "",
-              "![cost-quality](cost_quality.png)", "", "![utilisation](utilization.png)", "",
-              "## AIQ (RouterBench), over each router's λ sweep", ""]
-    lines.append(md_table(["router", "AIQ"], [[k, v] for k, v in r["aiq"].items() if not k.startswith("_")]))
-    lines += ["", f"Common cost bounds (normalised): [{r['aiq']['_c_lo']:.4f}, {r['aiq']['_c_hi']:.4f}].", "",
-              f"## APGR / CPT (RouteLLM), strong `{r['pair']['strong']}` vs weak `{r['pair']['weak']}`", ""]
-    if r["pair"].get("undefined"):
-        lines += [f"Undefined here: {r['pair']['undefined']}.", ""]
-    lines.append(md_table(["router", "APGR", "CPT(50%)", "CPT(80%)"],
-                          [[k, r["apgr"][k], r["cpt50"].get(k), r["cpt80"].get(k)] for k in r["apgr"]]))
-    lines += ["", "Thompson's APGR/CPT come from its λ sweep on the two-model world (share of strong calls vs "
-              "performance gap recovered, upper hull with random mixing); the MF router's from its score "
-              "P̂(strong) − P̂(weak); random = 0.5 by definition.", "",
-              "## Significance (paired over episodes)", "",
-              "Per-episode utility = mean quality − λ*·mean normalised cost, with λ* the tested Thompson variant's "
-              "chosen λ; Wilcoxon signed-rank, Holm-adjusted over baselines; paired t-test p as a cross-check.", ""]
-    for ts, tests in r["significance"].items():
-        lines += [f"### {ts} (λ* = {r['lambda_selection'][ts]['lam']:g}) vs …", ""]
-        lines.append(md_table(["baseline", "mean diff [95% CI]", "Wilcoxon p", "Holm p", "t-test p"],
-                              [[b, f"{t['mean_diff']:+.4f} [{t['mean_diff_ci95'][0]:+.4f}, {t['mean_diff_ci95'][1]:+.4f}]",
-                                f"{t['p_value']:.2e}", f"{t['p_holm']:.2e}", f"{t['ttest_p_value']:.2e}"]
-                               for b, t in tests.items()]))
-        lines.append("")
-    lines += ["## Notes", ""] + [f"- {n}" for n in r["notes"]]
-    return "\n".join(lines) + "\n"
+def _row(name: str, e: dict) -> list:
+    def ci(x):
+        return "–" if x is None else f"{x['mean']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
+
+    flags = []
+    if any(e.get("lam_at_grid_edge", [])):
+        flags.append("λ at grid edge in " + str(sum(e["lam_at_grid_edge"])) + " fold(s)")
+    if any(e.get("knob_at_grid_edge", [])):
+        flags.append(f"{e['knob']} at grid edge in {sum(e['knob_at_grid_edge'])} fold(s)")
+    if any(e.get("threshold_at_grid_edge", [])):
+        flags.append(f"threshold at grid edge in {sum(e['threshold_at_grid_edge'])} fold(s)")
+    lam = "–" if e.get("lam") is None else f"{e['lam']:g}"
+    knob = ", ".join(str(k) for k in e.get("knob_per_fold", [])) or "–"
+    return [name + (" (label-aware)" if e.get("label_aware") else ""), ci(e.get("quality_retention")),
+            ci(e.get("cost_reduction")), ci(e.get("aiq")), fmt(e.get("apgr")), fmt(e.get("cpt50")),
+            fmt(e.get("cpt80")), fmt((e.get("regret_vs_oracle") or {}).get("mean"), 1),
+            fmt((e.get("regret_vs_best_fixed") or {}).get("mean"), 1), lam, knob, "; ".join(flags) or "–"]
+
+
+def _report(r: dict) -> str:
+    h = r["headline"]
+    L = [f"# Routing comparison: {r['data']}", "",
+         f"Made by: `{r['command']}` (seed {r['seed']}, {r['seconds']:.0f} s).", "",
+         f"{r['folds']} prompt-level folds ({r['fold_sizes']['train']} training, {r['fold_sizes']['val']} validation "
+         f"and {r['fold_sizes']['test']} test prompts per fold); {r['episodes']} episodes per learner and λ "
+         f"(validation and test); every figure is the mean over folds with a 95% bootstrap "
+         f"interval over prompts within folds and episodes together ({r['bootstrap']} replicates). World: "
+         f"{r['world_kind']}; quality: {r['quality_kind']}; token model for the cost terms: {r['token_model']}. "
+         f"Utility: {'π − λ·(cost + γ·sd)' if r['uncertainty'] == 'scaled' else 'π − λ·cost − γ·sd (research form)'}"
+         f", γ = {r['gamma']}.", "",
+         "## Headline (chosen on validation only)", "",
+         f"**{h['router']}** in the warm track ({h['selected_on']}): test quality retention "
+         f"{h['test']['quality_retention']['mean']:.3f} [{h['test']['quality_retention']['ci95'][0]:.3f}, "
+         f"{h['test']['quality_retention']['ci95'][1]:.3f}] at cost reduction {h['test']['cost_reduction']['mean']:.3f} "
+         f"[{h['test']['cost_reduction']['ci95'][0]:.3f}, {h['test']['cost_reduction']['ci95'][1]:.3f}]; AIQ "
+         f"{h['test']['aiq']['mean']:.3f}. Target (retention ≥ {h['target']['quality_retention']} at cost reduction ≥ "
+         f"{h['target']['cost_reduction']}): {'met' if h['target_met'] else 'not met'}.", "",
+         "Validation-predicted vs test-realised (warm track, text-only learners; fold means):", "",
+         md_table(["router", "val retention", "test retention", "val cost reduction", "test cost reduction"],
+                  [[n, f"{x['validation']['retention']:.3f}", f"{x['test']['quality_retention']['mean']:.3f}",
+                    f"{x['validation']['cost_reduction']:.3f}", f"{x['test']['cost_reduction']['mean']:.3f}"]
+                   for n, x in h["validation_vs_test"].items()]), ""]
+    for t in TRACKS:
+        rs = r["tracks"][t]["routers"]
+        order = sorted(rs, key=lambda n: -rs[n]["aiq"]["mean"])
+        L += [f"## {t.capitalize()} track", "",
+              ("No training data: every learner starts from its flat prior and learns online on the test prompts."
+               if t == "cold" else "The training prompts are available to every learner."), "",
+              md_table(["router", "quality retention", "cost reduction", "AIQ", "APGR", "CPT(50%)", "CPT(80%)",
+                        "regret vs oracle", "regret vs best fixed", "λ (median)", "knob per fold", "flags"],
+                       [_row(n, rs[n]) for n in order]), ""]
+        comp = r["comparisons"][t]
+        wins = [n for n, c in comp.items() if c["verdict"] == "win"]
+        losses = [n for n, c in comp.items() if c["verdict"] == "loss"]
+        ties = [n for n, c in comp.items() if c["verdict"] == "tie"]
+        L += [f"Thompson vs the others ({t} track; per-prompt utility quality − λ·cost at Thompson's λ of each fold, "
+              f"paired t-test over {next(iter(comp.values()))['n_prompts'] if comp else 0} prompts, Holm over every "
+              "comparison in this report):", "",
+              f"- wins against: {', '.join(wins) or 'none'}",
+              f"- ties with: {', '.join(ties) or 'none'}",
+              f"- loses to: {', '.join(losses) or 'none'}", "",
+              md_table(["vs", "mean utility difference [95% CI]", "p (Holm)", "verdict"],
+                       [[n, f"{c['mean_utility_difference']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
+                         f"{c['p_holm']:.3g}", c["verdict"]] for n, c in comp.items()]), ""]
+    L += ["## Plots", "", "![cost vs quality](cost_quality.png)", "", "![AIQ](aiq.png)", "",
+          "## Definitions", "",
+          "- Premium model: the best by training-split quality in each fold (ties: the cheaper): "
+          + ", ".join(sorted(set(r["premium_model"]["per_fold"]))) + ". Quality retention and cost reduction are "
+          "against it on the same prompts (always-premium's retention is 1 by definition).",
+          "- AIQ (RouterBench): the mean of the non-decreasing convex hull of a router's (cost, quality) sweep points "
+          "over the union of every router's points in the fold (the oracle's sweep spans it); RouterBench's paper "
+          "normalisation (the mean of the hull over the range). The zero router is the hull of the models' own "
+          "points; the oracle is swept over λ (per query argmax quality − λ·cost).",
+          "- APGR / CPT (RouteLLM): every router swept over its knob on the strong/weak pair "
+          + ", ".join(sorted({"/".join(p) for p in r["strong_weak_pair"] if p})) + " (share of strong calls vs "
+          "performance gap recovered; the all-weak and all-strong settings added as end points; no hull).",
+          "- Regret: cumulative over an episode at the router's chosen λ, utility quality − λ·cost with realised "
+          "costs, against the per-query oracle and against the best fixed model in hindsight (which a router can "
+          "beat: negative). Convergence (learners): queries after which the rolling mean (window 50) of the "
+          "instantaneous regret against the best fixed model stays below "
+          f"{next((e.get('convergence_threshold') for e in r['tracks']['warm']['routers'].values() if e.get('convergence_threshold')), '–')}.",
+          "- Knobs: λ over " + ", ".join(f"{x:g}" for x in r["lambdas"]) + "; each learner's other knob over 4 values "
+          "(validation AIQ); a flag marks a choice at the edge of its grid.", "",
+          "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    return "\n".join(L) + "\n"

@@ -8,7 +8,9 @@ episodes, parameter grids, ...). Definitions (see ``shared/DESIGN.md``):
 * **Cost reduction** = 1 - total routed cost / total cost of always-premium.
 * **Oracle** (RouterBench, Hu et al. 2024, "RouterBench: A Benchmark for Multi-LLM Routing System", sec. 3): per
   query, among the models with the best observed quality, the cheapest one (ties in cost: lowest index).
-* **Best-single**: the fixed model with the highest mean quality (ties: lower total cost, then lower index).
+* **Premium model**: the best model by training-split quality (ties: the cheaper), unless the user names one.
+* **Best fixed model**: the single model with the best mean utility quality - lam * cost in hindsight (lam = 0: the
+  highest mean quality; ties: lower total cost, then lower index).
 * **AIQ** (RouterBench sec. 3.2): a router swept over its parameter gives points (c_i, q_i). Its *non-decreasing
   convex hull* R~(c) is the upper concave envelope of the Pareto-efficient points (points another point dominates --
   no more cost and at least the quality, one of them strictly -- are dropped), linear between hull vertices
@@ -27,8 +29,11 @@ episodes, parameter grids, ...). Definitions (see ``shared/DESIGN.md``):
   inside a tie group PGR is interpolated linearly (the expectation under random tie-breaking). A router with
   constant scores is then the random router: PGR(c) = c, APGR = 0.5, CPT(50%) = 0.5. RouteLLM's own approximation
   averages PGR at 10 call-share points; pass ``n_points=10`` to :func:`apgr` to get that.
-* **Convergence time** (DESIGN.md): the number of queries after which the rolling mean (window 50) of instantaneous
-  regret stays below a threshold until the end of the episode.
+* **Convergence time** (DESIGN.md): the number of queries after which the rolling mean (window 50, fewer steps at the
+  start) of instantaneous regret stays below a threshold until the end of the episode (:func:`convergence_time`).
+* **Regret**: cumulative, under the same utility, against the per-query oracle and against the best fixed model in
+  hindsight (:func:`regret_per_step`), each named as such.
+* **APGR / CPT of a swept router** (:func:`sweep_pgr`): RouteLLM's procedure applied the same way to every router.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ __all__ = [
     "quality_retention",
     "cost_reduction",
     "oracle_decisions",
-    "best_single",
+    "best_fixed_model",
+    "premium_model",
+    "oracle_sweep",
     "utilization",
     "summarize",
     "nondecreasing_hull",
@@ -56,6 +63,10 @@ __all__ = [
     "ConvergenceResult",
     "rolling_mean",
     "convergence_time",
+    "regret_per_step",
+    "sweep_pgr",
+    "apgr_from_sweep",
+    "cpt_from_sweep",
 ]
 
 
@@ -158,19 +169,62 @@ def oracle_decisions(quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return np.argmin(np.where(best, cost, np.inf), axis=1).astype(np.int64)
 
 
-def best_single(quality: np.ndarray, cost: np.ndarray) -> int:
-    """The fixed model with the highest mean quality (ties: lower total cost, then lower index).
+def best_fixed_model(quality: np.ndarray, cost: np.ndarray, lam: float = 0.0) -> int:
+    """The best fixed model in hindsight: the one model with the highest mean utility quality - lam * cost.
+
+    The one meaning of "best single / best fixed model" in the project (lam = 0: the highest mean quality). Ties:
+    lower total cost, then lower index.
 
     Args:
-      quality: (N, K); cost: (N, K).
+      quality: (N, K); cost: (N, K) (same units as lam expects); lam: cost weight.
 
     Returns:
       model index.
     """
     quality = _check_matrix(quality, "quality")
     cost = _check_matrix(cost, "cost")
-    order = np.lexsort((np.arange(quality.shape[1]), cost.sum(0), -quality.mean(0)))
+    util = (quality - lam * cost).mean(0)
+    order = np.lexsort((np.arange(quality.shape[1]), cost.sum(0), -util))
     return int(order[0])
+
+
+def premium_model(train_quality: np.ndarray, train_cost: np.ndarray, models=None, name: str | None = None) -> int:
+    """The premium model: the best by mean training-split quality (ties: the cheaper), unless the user names one.
+
+    Args:
+      train_quality: (K,) mean training quality per model; train_cost: (K,) mean training cost per query.
+      models: the K model names (needed with `name`); name: a user's choice.
+
+    Returns:
+      model index.
+    """
+    if name is not None:
+        if models is None or name not in list(models):
+            raise ValueError(f"premium model {name!r} is not one of the models {list(models or [])}")
+        return list(models).index(name)
+    q = np.asarray(train_quality, np.float64)
+    c = np.asarray(train_cost, np.float64)
+    return int(np.lexsort((np.arange(q.size), c, -q))[0])
+
+
+def oracle_sweep(quality: np.ndarray, cost: np.ndarray, lams: np.ndarray) -> np.ndarray:
+    """The oracle swept over lambda: per query, argmax quality - lam * cost (ties: cheaper, then lower index).
+
+    At lam -> 0 this is `oracle_decisions` (the cheapest of the best); large lam reaches the cheapest models, so
+    its (cost, quality) curve bounds every router's from above (AIQ).
+
+    Args:
+      quality: (N, K); cost: (N, K); lams: (L,) cost weights.
+
+    Returns:
+      (L, N) int64 model indices.
+    """
+    quality = _check_matrix(quality, "quality")
+    cost = _check_matrix(cost, "cost")
+    lams = np.asarray(lams, np.float64).reshape(-1, 1, 1)
+    u = quality[None] - lams * cost[None]
+    best = u >= u.max(-1, keepdims=True) - 1e-12 * np.maximum(1.0, np.abs(u).max(-1, keepdims=True))
+    return np.argmin(np.where(best, cost[None], np.inf), axis=-1).astype(np.int64)
 
 
 def utilization(decisions: np.ndarray, k: int) -> np.ndarray:
@@ -422,29 +476,37 @@ def cpt(scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, target: fl
 class ConvergenceResult(NamedTuple):
     """Convergence time per episode."""
 
-    queries: np.ndarray  # (E,) int64: queries after which the rolling mean stays below; T if never converged
-    converged: np.ndarray  # (E,) bool: False where the last rolling mean is still >= threshold (censored at T)
+    queries: np.ndarray  # (E,) int64: queries after which the rolling mean stays below the threshold to the end
+    converged: np.ndarray  # (E,) bool: False where the last rolling mean is still >= threshold (then queries = T)
 
 
 def rolling_mean(x: np.ndarray, window: int = 50) -> np.ndarray:
-    """Trailing mean over full windows along the last axis.
+    """Trailing mean along the last axis over the last `window` steps (fewer at the start).
 
     Args:
-      x: (..., T); window: window length (<= T).
+      x: (..., T); window: window length >= 1.
 
     Returns:
-      (..., T - window + 1): element j is the mean of x[..., j : j + window].
+      (..., T): element t is the mean of x[..., max(0, t - window + 1) : t + 1].
     """
     x = np.asarray(x, dtype=np.float64)
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
     t = x.shape[-1]
-    if not 1 <= window <= t:
-        raise ValueError(f"window must be in [1, T={t}], got {window}")
     c = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(x, axis=-1)], axis=-1)
-    return (c[..., window:] - c[..., :-window]) / window
+    hi = np.arange(1, t + 1)
+    lo = np.maximum(hi - window, 0)
+    return (c[..., hi] - c[..., lo]) / (hi - lo)
 
 
 def convergence_time(regret: np.ndarray, threshold: float, window: int = 50) -> ConvergenceResult:
-    """Queries after which the rolling mean (``window``) of instantaneous regret stays below ``threshold`` to the end.
+    """The one convergence definition (DESIGN.md): queries after which the rolling mean regret stays below threshold.
+
+    With m_t the mean of the instantaneous regret over steps max(0, t - window + 1) .. t, the convergence time is
+    1 + the last t with m_t >= threshold (0 if there is none): after that many queries the rolling mean stays
+    below the threshold to the end of the episode. `converged` is False when the last step itself is at or above
+    it (then the time is T). The simulator's kernels compute exactly this in their scan
+    (`bandit_sim.sim.formulas.convergence`; tests/test_metrics.py checks both agree).
 
     Args:
       regret: (E, T) or (T,) instantaneous regret per step (count steps from the event of interest, e.g. arrival).
@@ -452,9 +514,7 @@ def convergence_time(regret: np.ndarray, threshold: float, window: int = 50) -> 
       window: rolling window (DESIGN.md: 50).
 
     Returns:
-      ConvergenceResult with (E,) arrays: ``queries`` = t + 1 for the first full window, ending at step t, of the
-      final run of windows below the threshold (so the minimum is ``window``); T and ``converged = False`` when
-      the last window is not below.
+      ConvergenceResult with (E,) arrays.
     """
     r = np.asarray(regret, dtype=np.float64)
     if r.ndim == 1:
@@ -463,12 +523,88 @@ def convergence_time(regret: np.ndarray, threshold: float, window: int = 50) -> 
         raise ValueError(f"regret must be (E, T) or (T,), got shape {r.shape}")
     if not np.all(np.isfinite(r)):
         raise ValueError("regret contains non-finite values")
-    roll = rolling_mean(r, window)  # (E, W)
-    w = roll.shape[1]
-    above = roll >= threshold
-    # index of the last window at or above the threshold (-1 if none)
-    last_above = np.where(above.any(axis=1), w - 1 - np.argmax(above[:, ::-1], axis=1), -1)
-    converged = last_above < w - 1
-    first_below = last_above + 1
-    queries = np.where(converged, first_below + window, r.shape[1]).astype(np.int64)
-    return ConvergenceResult(queries=queries, converged=converged)
+    t = r.shape[1]
+    above = rolling_mean(r, window) >= threshold
+    last_above = np.where(above.any(axis=1), t - 1 - np.argmax(above[:, ::-1], axis=1), -1)
+    return ConvergenceResult(queries=(last_above + 1).astype(np.int64), converged=last_above < t - 1)
+
+
+# ---------------------------------------------------------------------------------------------------- regret
+
+
+def regret_per_step(q_routed: np.ndarray, c_routed: np.ndarray, quality_rows: np.ndarray, cost_rows: np.ndarray,
+                    lam: float, reference: str, fixed: int | None = None) -> np.ndarray:
+    """Instantaneous regret under the utility u = quality - lam * cost, against a named reference.
+
+    Args:
+      q_routed, c_routed: (..., T) quality and cost the router got at each step.
+      quality_rows, cost_rows: (..., T, K) every model's quality and cost for the query of each step.
+      lam: the cost weight of the router's utility.
+      reference: "oracle" (per query, the best model under the utility, knowing the outcome) or "best_fixed"
+        (the best fixed model in hindsight, `fixed`, the same for every query; this regret can be negative).
+      fixed: the best fixed model's index (reference "best_fixed").
+
+    Returns:
+      (..., T) float64 regret per step (sum it for the cumulative regret).
+    """
+    u = np.asarray(q_routed, np.float64) - lam * np.asarray(c_routed, np.float64)
+    ur = np.asarray(quality_rows, np.float64) - lam * np.asarray(cost_rows, np.float64)
+    if reference == "oracle":
+        return ur.max(-1) - u
+    if reference == "best_fixed":
+        if fixed is None:
+            raise ValueError("regret_per_step: reference 'best_fixed' needs the fixed model's index")
+        return ur[..., fixed] - u
+    raise ValueError(f"regret_per_step: reference must be 'oracle' or 'best_fixed', got {reference!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- APGR from a sweep
+
+
+def sweep_pgr(strong_share: np.ndarray, quality: np.ndarray, r_strong: float, r_weak: float) -> tuple[np.ndarray, np.ndarray]:
+    """RouteLLM's (share of strong calls, PGR) curve of a router whose knob is swept on a strong/weak pair.
+
+    The same procedure for every router: each knob value gives a point (share of queries sent to the strong
+    model, mean quality); PGR = (quality - r_weak) / (r_strong - r_weak); the two extreme settings every router
+    has (everything to the weak model, everything to the strong one) add (0, 0) and (1, 1). Points are sorted by
+    share (ties: mean PGR); the curve is linear between them (random mixing of neighbouring settings), no hull.
+
+    Args:
+      strong_share: (P,) share of strong calls per knob value; quality: (P,) mean quality.
+      r_strong, r_weak: mean quality of always-strong and always-weak on the same queries (r_strong > r_weak).
+
+    Returns:
+      (share (P + 2,), pgr (P + 2,)) sorted by share.
+    """
+    if not r_strong > r_weak:
+        raise ValueError(f"strong model mean quality {r_strong:.4f} must exceed the weak model's {r_weak:.4f}")
+    s = np.concatenate([[0.0], np.asarray(strong_share, np.float64).ravel(), [1.0]])
+    p = np.concatenate([[0.0], (np.asarray(quality, np.float64).ravel() - r_weak) / (r_strong - r_weak), [1.0]])
+    order = np.lexsort((p, s))
+    s, p = s[order], p[order]
+    us, inv = np.unique(s, return_inverse=True)
+    up = np.bincount(inv, weights=p) / np.bincount(inv)
+    return us, up
+
+
+def apgr_from_sweep(share: np.ndarray, pgr: np.ndarray) -> float:
+    """APGR = integral_0^1 PGR(c) dc of a `sweep_pgr` curve (trapezoid rule)."""
+    return float(np.sum((pgr[1:] + pgr[:-1]) * 0.5 * np.diff(share)))
+
+
+def cpt_from_sweep(share: np.ndarray, pgr: np.ndarray, target: float) -> float:
+    """CPT(target) of a `sweep_pgr` curve: the least share of strong calls at which PGR reaches `target`.
+
+    Linear between points; NaN if the curve never reaches it (it always does at share 1, where PGR = 1).
+    """
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target must be in [0, 1], got {target}")
+    hit = np.flatnonzero(pgr >= target - 1e-12)
+    if hit.size == 0:
+        return float("nan")
+    j = int(hit[0])
+    if j == 0:
+        return float(share[0])
+    p0, p1 = pgr[j - 1], pgr[j]
+    frac = (target - p0) / (p1 - p0)
+    return float(share[j - 1] + np.clip(frac, 0.0, 1.0) * (share[j] - share[j - 1]))

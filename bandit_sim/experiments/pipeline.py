@@ -1,6 +1,7 @@
 """`bandit-sim run`: regenerate every report under results/ from the bundled data.
 
-Each stage writes its own folder with a report naming the command that made it; `results/README.md` indexes them.
+Each stage writes its own folder with a report naming the command that made it; `results/README.md` indexes them,
+with headline figures read back from each stage's metrics file (`results_index`), never typed in.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
 
 from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import BUNDLED, load_data
@@ -22,7 +24,7 @@ from hierarchical.storage import atomic_write
 __all__ = ["run_all"]
 
 
-def _stage_data(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
+def _stage_data(out: Path, seed: int, quick: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = ["# Bundled datasets", "", "Made by `bandit-sim data describe --data NAME` for each bundled dataset "
              "(also `bandit-sim run`).", ""]
@@ -33,96 +35,175 @@ def _stage_data(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]
         parts += [f"## {name}", "", "```", format_description(d), "```", ""]
     atomic_write(out / "describe.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     atomic_write(out / "README.md", "\n".join(parts))
-    heads = [f"{n}: {d['n_prompts']} prompts x {d['n_models']} models ({d['quality_kind']})" for n, d in summary.items()]
-    return "data/README.md", "dataset summaries (`bandit-sim data describe`)", heads
 
 
-def _stage_tokens(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
+def _heads_tokens(m: dict) -> list[str]:
+    hp, hm = m["heldout_prompts"], m["heldout_models"]
+    best_base = min((k for k in hp if k != "hierarchical" and isinstance(hp[k], dict) and "mae" in hp[k]),
+                    key=lambda k: hp[k]["mae"])
+    return [f"held-out prompts: hierarchical MAE {hp['hierarchical']['mae']:.1f} tokens vs best baseline "
+            f"{best_base} {hp[best_base]['mae']:.1f}; coverage 50/80/95% = "
+            + "/".join(f"{hp['hierarchical']['coverage'][c]:.3f}" for c in ("50", "80", "95")),
+            f"held-out models: family prior MAE {hm['family_prior']['mae']:.1f} vs global prior "
+            f"{hm['global_prior']['mae']:.1f} (paired p = {hm['paired_test']['p_value']:.2g})",
+            "new model MAE after n = 0/10/50/100 observations: "
+            + " / ".join(f"{v:.1f}" for v in m["new_model_after_n"].values())]
+
+
+def _stage_tokens(out: Path, seed: int, quick: bool) -> None:
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
     extra = {"num_steps": 300, "num_samples": 100} if quick else {}
     cmd = f"bandit-sim tokens --data arenahard --out {out} --seed {seed} --n-seeds {len(seeds)}" + (
         " --steps 300" if quick else "")
-    m = run_token_eval("arenahard", out, seeds, command=cmd, **extra)
-    hp, hm = m["heldout_prompts"], m["heldout_models"]
-    best_base = min((k for k in hp if k != "hierarchical" and isinstance(hp[k], dict) and "mae" in hp[k]),
-                    key=lambda k: hp[k]["mae"])
-    heads = [f"held-out prompts: hierarchical MAE {hp['hierarchical']['mae']:.1f} tokens vs best baseline "
-             f"{best_base} {hp[best_base]['mae']:.1f}; coverage 50/80/95% = "
-             + "/".join(f"{hp['hierarchical']['coverage'][c]:.3f}" for c in ("50", "80", "95")),
-             f"held-out models: family prior MAE {hm['family_prior']['mae']:.1f} vs global prior "
-             f"{hm['global_prior']['mae']:.1f} (paired p = {hm['paired_test']['p_value']:.2g})",
-             "new model MAE after n = 0/10/50/100 observations: "
-             + " / ".join(f"{v:.1f}" for v in m["new_model_after_n"].values()),
-             f"fit_seconds {m['fit_seconds']:.1f}"]
-    return "tokens/report.md", "token model vs baselines on arenahard (`bandit-sim tokens`)", heads
+    run_token_eval("arenahard", out, seeds, command=cmd, **extra)
 
 
-def _stage_compare(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
-    eps = 16 if quick else 1000
-    argv = ["compare", "--data", "routerbench", "--episodes", str(eps), "--out", str(out), "--seed", str(seed)]
-    r = run_compare("routerbench", out, episodes=eps, seed=seed, quick=quick,
-                    argv=argv + (["--quick"] if quick else []))
-    tr = r["thompson_router"]
-    heads = [f"Thompson router chosen on validation: {tr['selected']} (λ = {tr['lam']:g}), test quality retention "
-             f"{tr['quality_retention']['mean']:.3f} at cost reduction {tr['cost_reduction']['mean']:.3f}: target "
-             f"(≥ 0.95 at ≥ 0.60) {'met' if tr['target_met'] else 'NOT met'}; AIQ {tr['aiq']:.3f}"]
-    heads += [f"{k}: quality retention {p['quality_retention']['mean']:.3f}, cost reduction "
-              f"{p['cost_reduction']['mean']:.3f} (λ = {p['lam']:g})" for k, p in r["policies"].items()
-              if k in ("thompson", "thompson_contextual_warm", "mf_router")]
-    heads.append("AIQ: " + ", ".join(f"{k} {v:.3f}" for k, v in r["aiq"].items() if not k.startswith("_")))
-    return "compare/report.md", "routing comparison on RouterBench (`bandit-sim compare`)", heads
+def _ci(x: dict, nd: int = 3) -> str:
+    return f"{x['mean']:.{nd}f} [{x['ci95'][0]:.{nd}f}, {x['ci95'][1]:.{nd}f}]"
 
 
-def _stage_coldstart(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
-    eps = 16 if quick else 100
-    argv = ["coldstart", "--data", "routerbench", "--episodes", str(eps), "--out", str(out), "--seed", str(seed)]
-    r = run_coldstart("routerbench", out, episodes=eps, seed=seed, quick=quick,
-                      argv=argv + (["--quick"] if quick else []))
-    heads = [f"median convergence after arrival: family prior {r['family_prior']['convergence_queries_median']:.0f} "
-             f"vs flat prior {r['flat_prior']['convergence_queries_median']:.0f} queries; reduction "
-             f"{r['reduction']:.3f}, p = {r['p_value']:.2g}",
-             f"regret over the next 500 queries: family prior {r['family_prior']['regret_next_500_mean']:.2f} vs flat "
-             f"{r['flat_prior']['regret_next_500_mean']:.2f} (reduction {r['regret_next_500_reduction']:.3f}, "
-             f"p = {r['regret_test']['p_value']:.2g})"]
-    return "coldstart/report.md", "cold start: family prior vs flat prior (`bandit-sim coldstart`)", heads
+def _heads_compare(r: dict) -> list[str]:
+    h = r["headline"]
+    heads = [f"headline (warm track, chosen on validation): {h['router']}: quality retention "
+             f"{_ci(h['test']['quality_retention'])} at cost reduction {_ci(h['test']['cost_reduction'])}, AIQ "
+             f"{_ci(h['test']['aiq'])}; target (≥ {h['target']['quality_retention']} at ≥ "
+             f"{h['target']['cost_reduction']}) {'met' if h['target_met'] else 'not met'}"]
+    for t in ("warm", "cold"):
+        rs = r["tracks"][t]["routers"]
+        names = [n for n in rs if n not in ("always_premium", "cheapest", "random")]
+        heads.append(f"{t} track AIQ: " + ", ".join(f"{n} {rs[n]['aiq']['mean']:.3f}" for n in
+                                                    sorted(names, key=lambda n: -rs[n]["aiq"]["mean"])))
+        comp = r["comparisons"][t]
+        heads.append(f"{t} track, Thompson vs the others (Holm, per-prompt utility): wins against "
+                     f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'win') or 'none'}; ties with "
+                     f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'tie') or 'none'}; loses to "
+                     f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'loss') or 'none'}")
+    return heads
 
 
-def _stage_sweep(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
+def _stage_compare(data: str):
+    def stage(out: Path, seed: int, quick: bool) -> None:
+        argv = ["compare", "--data", data, "--out", str(out), "--seed", str(seed)] + (
+            ["--folds", "3", "--episodes", "4", "--bootstrap", "50", "--quick"] if quick else [])
+        run_compare(data, out, seed=seed, quick=quick, progress=True, argv=argv,
+                    **({"folds": 3, "episodes": 4, "bootstrap": 50} if quick else {}))
+    return stage
+
+
+def _heads_coldstart(r: dict) -> list[str]:
+    f, fl = r["family_prior"], r["flat_prior"]
+    return [f"regret over the next 500 queries: family prior {_ci(f['regret_next_500'], 2)} vs flat prior "
+            f"{_ci(fl['regret_next_500'], 2)}; reduction {r['regret_next_500_reduction']:.3f} "
+            f"(paired p = {r['p_value']:.2g}, {r['units']['newcomers']} newcomers x "
+            f"{r['units']['episodes_per_newcomer']} episodes)",
+            f"queries to identification: family prior {_ci(f['identification_queries'], 0)} vs flat prior "
+            f"{_ci(fl['identification_queries'], 0)}"]
+
+
+def _stage_coldstart(data: str):
+    def stage(out: Path, seed: int, quick: bool) -> None:
+        eps = 8 if quick else 100
+        argv = ["coldstart", "--data", data, "--episodes", str(eps), "--out", str(out), "--seed", str(seed)]
+        run_coldstart(data, out, episodes=eps, seed=seed, quick=quick, argv=argv + (["--quick"] if quick else []))
+    return stage
+
+
+def _heads_sweep(r: dict) -> list[str]:
+    return [f"{len(r['pareto'])} Pareto-optimal (λ, γ) cells of {len(r['lams']) * len(r['gams'])}"]
+
+
+def _stage_sweep(out: Path, seed: int, quick: bool) -> None:
     lam, gam, eps = ("0:1:4", "0:1:4", 8) if quick else ("0:1:16", "0:1:16", 16)
     argv = ["sweep", "--data", "routerbench", "--lam", lam, "--gam", gam, "--episodes", str(eps), "--out", str(out),
             "--seed", str(seed)]
-    r = run_sweep("routerbench", out, parse_range(lam, "lam"), parse_range(gam, "gam"), episodes=eps, seed=seed,
-                  quick=quick, argv=argv + (["--quick"] if quick else []))
-    heads = [f"{len(r['pareto'])} Pareto-optimal (λ, γ) cells of {len(r['lams']) * len(r['gams'])}"]
-    return "sweep/report.md", "λ×γ sweep with Pareto frontier (`bandit-sim sweep`)", heads
+    run_sweep("routerbench", out, parse_range(lam, "lam"), parse_range(gam, "gam"), episodes=eps, seed=seed,
+              quick=quick, argv=argv + (["--quick"] if quick else []))
 
 
-STAGES = (("data", _stage_data), ("tokens", _stage_tokens), ("compare", _stage_compare),
-          ("coldstart", _stage_coldstart), ("sweep", _stage_sweep))
+def _heads_data(d: dict) -> list[str]:
+    return [f"{n}: {x['n_prompts']} prompts x {x['n_models']} models ({x['quality_kind']})" for n, x in d.items()]
 
 
-def run_all(out: Path, seed: int = 0, quick: bool = False) -> int:
-    """Run every stage that exists into ``out`` and write ``out/README.md``.
+class Stage(NamedTuple):
+    name: str  # folder under results/
+    what: str  # the index line
+    report: str  # the report file, relative to the stage folder
+    metrics: str  # the metrics file the headline figures are read from
+    run: Callable[[Path, int, bool], None]
+    heads: Callable[[dict], list[str]]
+
+
+STAGES = (
+    Stage("data", "dataset summaries (`bandit-sim data describe`)", "README.md", "describe.json", _stage_data,
+          _heads_data),
+    Stage("tokens", "token model vs baselines on arenahard (`bandit-sim tokens`)", "report.md", "metrics.json",
+          _stage_tokens, _heads_tokens),
+    Stage("compare/routerbench", "routing comparison on RouterBench, 5 folds x 2 tracks (`bandit-sim compare`)",
+          "report.md", "metrics.json", _stage_compare("routerbench"), _heads_compare),
+    Stage("compare/arenabench", "routing comparison on arena-bench, 5 folds x 2 tracks (`bandit-sim compare`)",
+          "report.md", "metrics.json", _stage_compare("arenabench"), _heads_compare),
+    Stage("coldstart/routerbench", "cold start on RouterBench: family prior vs flat prior (`bandit-sim coldstart`)",
+          "report.md", "metrics.json", _stage_coldstart("routerbench"), _heads_coldstart),
+    Stage("coldstart/arenabench", "cold start on arena-bench: family prior vs flat prior (`bandit-sim coldstart`)",
+          "report.md", "metrics.json", _stage_coldstart("arenabench"), _heads_coldstart),
+    Stage("sweep", "λ×γ sweep with Pareto frontier (`bandit-sim sweep`)", "report.md", "metrics.json", _stage_sweep,
+          _heads_sweep),
+)
+
+
+def results_index(out: Path) -> str:
+    """results/README.md, generated from the results files on disk (every figure read from a metrics file).
+
+    Args:
+      out: the results folder (with run.json, written by `run_all`).
+    Returns:
+      the markdown text.
+    """
+    out = Path(out)
+    run = json.loads((out / "run.json").read_text())
+    lines = ["# Results", "", f"Generated by `{run['command']}` (Python {run['python']}, {run['machine']}; "
+             f"{run['total_seconds']:.0f} s in all). Every figure in these reports is computed by the command named "
+             "in that report; rerun it to reproduce. The lines below are read from each stage's metrics file.", ""]
+    for st in STAGES:
+        path = out / st.name / st.metrics
+        if not path.is_file():
+            continue
+        lines.append(f"- [{st.what}]({st.name}/{st.report}) ({run['seconds'].get(st.name, float('nan')):.0f} s)")
+        lines += [f"  - {h}" for h in st.heads(json.loads(path.read_text()))]
+    return "\n".join(lines) + "\n"
+
+
+def run_all(out: Path, seed: int = 0, quick: bool = False, stages: Sequence[str] | None = None) -> int:
+    """Run every stage into ``out`` and write ``out/run.json`` (timings) and ``out/README.md`` (the index).
 
     Args:
       out: results folder.
       seed: base seed of every stage.
       quick: smaller versions of every stage (for smoke tests).
+      stages: run only these stages (names as in `STAGES`; default all).
     Returns:
       Process exit code (0 on success).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    index = ["# Results", "", f"Generated by `bandit-sim run --out {out}{' --quick' if quick else ''} --seed {seed}` "
-             f"(Python {platform.python_version()}, {platform.machine()}). Every figure in these reports is computed "
-             "by the command named in that report; rerun it to reproduce.", ""]
-    for name, stage in STAGES:
+    known = [st.name for st in STAGES]
+    unknown = sorted(set(stages or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; stages: {known}")
+    prev = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    seconds = dict(prev.get("seconds", {})) if stages else {}
+    t_all = time.perf_counter()
+    for st in STAGES:
+        if stages and st.name not in stages:
+            continue
         t0 = time.perf_counter()
-        print(f"[run] stage {name} ...", file=sys.stderr, flush=True)
-        link, what, heads = stage(out / name, seed, quick)
-        dt = time.perf_counter() - t0
-        index.append(f"- [{what}]({link}) ({dt:.0f} s)")
-        index += [f"  - {h}" for h in heads]
-    atomic_write(out / "README.md", "\n".join(index) + "\n")
+        print(f"[run] stage {st.name} ...", file=sys.stderr, flush=True)
+        st.run(out / st.name, seed, quick)
+        seconds[st.name] = time.perf_counter() - t0
+    run = {"command": f"bandit-sim run --out {out}{' --quick' if quick else ''} --seed {seed}",
+           "python": platform.python_version(), "machine": platform.machine(), "seconds": seconds,
+           "total_seconds": float(sum(seconds.values())) if stages else time.perf_counter() - t_all}
+    atomic_write(out / "run.json", json.dumps(run, indent=2, sort_keys=True) + "\n")
+    atomic_write(out / "README.md", results_index(out))
     print(f"[run] wrote {out / 'README.md'}", file=sys.stderr)
     return 0

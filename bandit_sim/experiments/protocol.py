@@ -23,7 +23,7 @@ Protocol (DESIGN.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from bandit_sim.data.loaders import RoutingData, load_data
+from bandit_sim.experiments import metrics as M
 from bandit_sim.sim.episode import hyper_grid
 from bandit_sim.sim.policies import Hyper, contextual_thompson, default_hyper, resolve_policy
 from bandit_sim.sim.simulate import simulate
@@ -226,3 +227,215 @@ def select_models(world: World, info: WorldInfo, idx) -> tuple[World, WorldInfo]
     if not w.mask.any(axis=1).all():
         raise ValueError("select_models: some queries have none of the selected models")
     return w, replace(info, models=tuple(info.models[i] for i in idx))
+
+
+# ==================================================================================================== folds and tracks
+#
+# The evaluation protocol of `compare` (DESIGN.md, "Evaluation protocol"): K folds over prompts; in fold f the
+# fold's prompts are the test set and the others give validation (as many prompts as the test set) and training.
+# Every fold has the same test, validation and training sizes, so the kernels compile once per dataset; the
+# N mod K prompts left over are training prompts in every fold (reported). Within a fold the validation and test
+# Worlds share one cost unit (the largest mean realised cost per query among the models on the fold's training
+# split), so a lambda chosen on validation means the same on test.
+
+LAMBDAS = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 2.0, 5.0, 20.0], np.float32)
+"""The cost weights every cost-aware router is swept over (12 points, normalised cost)."""
+
+GAMMA = 0.25
+"""Uncertainty weight. Default form: U = pi - lam * (cost + GAMMA * sd) (the penalty scales with the cost
+weight, so lam = 0 is quality only); the research form U = pi - lam * cost - GAMMA * sd is an option."""
+
+ORACLE_LAMBDAS = np.concatenate([[1e-9], np.geomspace(1e-3, 1e4, 255)])
+"""The oracle's sweep: dense enough that its hull bounds every router's from above."""
+
+
+@dataclass(frozen=True)
+class Fold:
+    """The prompts of one fold: test (the fold), validation and training (the rest)."""
+
+    index: int
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+def make_folds(table, k: int = 5, seed: int = 0) -> tuple[list[Fold], list[str]]:
+    """K folds over prompts (grouped by prompt_id, stratified by category), all of the same size.
+
+    Prompts are shuffled within their category (seeded) and interleaved in proportion to the categories' sizes,
+    so every contiguous stretch of the order has about the dataset's category mix. Test folds take that order
+    round-robin; the validation set of fold f is the first n_test prompts of the order outside fold f; the rest is
+    training. The N mod K prompts left over are training prompts in every fold.
+
+    Args:
+      table: tidy routing table (prompt_id, category).
+      k: number of folds (>= 2).
+      seed: shuffling seed.
+    Returns:
+      (folds, notes).
+    """
+    if int(k) < 2:
+        raise ValueError(f"folds must be >= 2, got {k}")
+    per = table.drop_duplicates("prompt_id")[["prompt_id", "category"]]
+    n = len(per)
+    if n < 3 * k:
+        raise ValueError(f"{n} prompts are too few for {k} folds (need at least {3 * k})")
+    rng = np.random.default_rng(seed)
+    keys, ids = [], []
+    for _, g in per.groupby(per["category"].astype(str), sort=True):
+        p = g["prompt_id"].astype(str).to_numpy()
+        p = p[rng.permutation(len(p))]
+        keys.append((np.arange(len(p)) + rng.uniform(0.0, 1.0)) / len(p))  # position fraction in its category
+        ids.append(p)
+    keys, ids = np.concatenate(keys), np.concatenate(ids)
+    order = ids[np.argsort(keys, kind="stable")]
+    n_test = n // k
+    tested, left = order[: n_test * k], order[n_test * k:]
+    fold_of = {p: i % k for i, p in enumerate(tested)}
+    folds = []
+    for f in range(k):
+        test = tuple(p for p in tested if fold_of[p] == f)
+        rest = [p for p in order if fold_of.get(p, -1) != f]
+        val = tuple(rest[:n_test])
+        train = tuple(rest[n_test:])
+        folds.append(Fold(f, train, val, test))
+    notes = [f"{k} folds over prompts (grouped by prompt_id, stratified by category, seed {seed}): "
+             f"{n_test} test, {n_test} validation and {n - 2 * n_test} training prompts per fold"]
+    if len(left):
+        notes.append(f"{len(left)} of {n} prompts are in no test fold (so that every fold has the same size); "
+                     f"they are training prompts in every fold")
+    return folds, notes
+
+
+def fold_data(rd: RoutingData, fold: Fold, train_fraction: float = 1.0, seed: int = 0) -> RoutingData:
+    """The RoutingData of one fold: its `split` column set to the fold's train / val / test prompts.
+
+    Args:
+      rd: the dataset. fold: the fold.
+      train_fraction: keep this share of the training prompts (learning curves), chosen with `seed`.
+    Returns:
+      RoutingData named "<name>#fold<f>" (plus the share when < 1).
+    """
+    train = list(fold.train)
+    if not 0.0 < train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    if train_fraction < 1.0:
+        rng = np.random.default_rng(seed + 7919 * fold.index)
+        keep = max(1, int(round(train_fraction * len(train))))
+        train = [train[i] for i in np.sort(rng.permutation(len(train))[:keep])]
+    split = {**{p: "train" for p in train}, **{p: "val" for p in fold.val}, **{p: "test" for p in fold.test}}
+    t = rd.table[rd.table["prompt_id"].astype(str).isin(split)].copy()
+    t["split"] = t["prompt_id"].astype(str).map(split)
+    name = f"{rd.name}#fold{fold.index}" + (f"@{train_fraction:g}" if train_fraction < 1.0 else "")
+    return replace(rd, name=name, table=t)
+
+
+def training_cost_scale(rd: RoutingData) -> float:
+    """USD per unit of normalised cost: the largest mean realised cost per query among the models on train."""
+    train = rd.split("train")
+    scale = float(train.groupby("model")["cost_usd"].mean().max())
+    if not (scale > 0 and np.isfinite(scale)):
+        raise ValueError(f"{rd.name}: training costs are all zero; cannot normalise cost")
+    return scale
+
+
+@dataclass
+class FoldSetup:
+    """One fold ready to evaluate: its data, validation and test Worlds in one cost unit, the premium model."""
+
+    data: RoutingData
+    fold: Fold
+    worlds: dict[str, World]
+    infos: dict[str, WorldInfo]
+    premium: int
+    token_source: str
+    notes: list[str] = field(default_factory=list)
+    pair: tuple[int, int] | None = None  # (strong, weak) model indices of the APGR/CPT pair, set by compare
+    aiq_bounds: tuple[float, float] = (0.0, 1.0)  # the fold's common cost range for AIQ, set by compare
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.infos["test"].models
+
+
+def prepare_fold(rd: RoutingData, fold: Fold, *, seed: int = 0, tokens: str = "hierarchical", quick: bool = False,
+                 premium: str | None = None, train_fraction: float = 1.0) -> FoldSetup:
+    """Fit the token model on the fold's training prompts and build its validation and test Worlds.
+
+    Args:
+      rd: dataset with quality. fold: the fold. seed: token-model seed.
+      tokens: "hierarchical" or "standin". quick: short SVI fit.
+      premium: a model name to use as the premium model (default: the best by training quality, ties cheaper).
+      train_fraction: share of the training prompts kept (learning curves).
+    Returns:
+      FoldSetup.
+    """
+    fd = fold_data(rd, fold, train_fraction, seed)
+    preds, source, _ = _token_predictions(fd, ("val", "test"), seed, tokens, quick)
+    scale = training_cost_scale(fd)
+    worlds, infos = {}, {}
+    for s in ("val", "test"):
+        worlds[s], infos[s] = world_from_table(fd.table, split=s, pred=preds[s], cost_scale=scale)
+    models = infos["test"].models
+    if infos["val"].models != models:
+        raise ValueError(f"{rd.name} fold {fold.index}: validation and test splits have different models")
+    train = fd.split("train")
+    g = train.groupby("model")
+    prem = M.premium_model(g["quality"].mean().reindex(models).to_numpy(), g["cost_usd"].mean().reindex(models).to_numpy(),
+                           models, premium)
+    return FoldSetup(fd, fold, worlds, infos, prem, source, list(infos["test"].notes))
+
+
+class Outcomes(NamedTuple):
+    """What a router got on every prompt of a World, for each knob value and episode."""
+
+    quality: np.ndarray  # (G, E, N) quality of the chosen model, per World row (prompt)
+    cost: np.ndarray  # (G, E, N) normalised realised cost
+    arms: np.ndarray  # (G, E, N) int chosen model
+    order: np.ndarray | None  # (G, E, N) World row served at each step (learners), None for routers without order
+
+
+def outcomes_from_decisions(world: World, decisions: np.ndarray) -> Outcomes:
+    """Outcomes of a router that chose `decisions` (G, E, N) or (G, N) for the World's rows."""
+    d = np.asarray(decisions, np.int64)
+    if d.ndim == 2:
+        d = d[:, None, :]
+    rows = np.arange(d.shape[-1])
+    q, c = np.asarray(world.quality, np.float64), np.asarray(world.cost, np.float64)
+    return Outcomes(q[rows, d], c[rows, d], d, None)
+
+
+def lambda_cells(lams=LAMBDAS, gamma: float = GAMMA, form: str = "scaled") -> dict[str, np.ndarray]:
+    """Hyper cells (lam, gam) of a lambda sweep: gam = lam * gamma ("scaled", default) or gamma ("research")."""
+    lams = np.asarray(lams, np.float32)
+    if form == "scaled":
+        return {"lam": lams, "gam": (lams * np.float32(gamma)).astype(np.float32)}
+    if form == "research":
+        return {"lam": lams, "gam": np.full_like(lams, np.float32(gamma))}
+    raise ValueError(f"uncertainty form must be 'scaled' or 'research', got {form!r}")
+
+
+def kernel_sweep(world: World, info: WorldInfo, policy, *, cells: dict, episodes: int, seed: int,
+                 overrides: dict | None = None, trajectories: bool = True):
+    """A learner through the simulator over zipped Hyper cells.
+
+    Args:
+      world, info: the World. policy: factory or name. cells: Hyper field -> (G,) values taken together.
+      episodes: E. seed: key seed (every router of a fold shares the episode streams).
+      overrides: other Hyper fields (priors, exploration, ...).
+      trajectories: return per-prompt Outcomes (else totals: (quality (G, E), cost (G, E)) per query means).
+    Returns:
+      Outcomes, or (mean quality (G, E), mean normalised cost (G, E)) without trajectories.
+    """
+    n = world.quality.shape[0]
+    m, traj = run_policy(world, info, policy, episodes=episodes, seed=seed, steps=n, trajectories=trajectories,
+                         hyper_overrides=overrides, cells=cells)
+    if not trajectories:
+        m = jax.device_get(m)
+        return np.asarray(m.quality, np.float64) / n, np.asarray(m.cost, np.float64) / n
+    order = np.asarray(jax.device_get(traj.query), np.int64)  # (G, E, T = N)
+    arm_t = np.asarray(jax.device_get(traj.arm), np.int64)
+    arms = np.empty_like(arm_t)
+    np.put_along_axis(arms, order, arm_t, axis=-1)  # per World row
+    out = outcomes_from_decisions(world, arms)
+    return out._replace(order=order)

@@ -30,7 +30,8 @@ def _clean(obj: Any) -> Any:
         return [_clean(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
-        return None if math.isnan(v) or math.isinf(v) else round(v, 10)
+        # 15 significant digits (not decimals): a p-value of 1e-40 is stored as such, never as 0.0
+        return None if math.isnan(v) or math.isinf(v) else float(f"{v:.15g}")
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, np.bool_):
@@ -41,7 +42,7 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically; NaN/inf become null, floats are rounded to 10 digits (stable across reruns)."""
+    """Write JSON atomically; NaN/inf become null, floats keep 15 significant digits (full precision p-values)."""
     atomic_write(Path(path), json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
 
 

@@ -48,6 +48,8 @@ from hierarchical.storage import read_checked_npz, write_checked_npz
 __all__ = [
     "QueryMatrix",
     "query_matrix",
+    "fit_text_featurizer",
+    "transform_text",
     "MFParams",
     "MFRouterFit",
     "fit",
@@ -159,6 +161,20 @@ def _transform(f: _Featurizer, prompts: Sequence[str], input_tokens: np.ndarray)
     x = _tfidf(prompts, f.idf.shape[0], f.idf)
     raw = np.concatenate([_query_features(prompts, input_tokens), np.asarray(x @ f.svd.T, np.float32)], axis=1)
     return ((raw - f.mean) / f.scale).astype(np.float32)
+
+
+def fit_text_featurizer(prompts: Sequence[str], input_tokens: np.ndarray, *, n_hash: int = 2 ** 14, n_svd: int = 32,
+                        seed: int = 0):
+    """The MF router's text featurizer fitted on training prompts: (featurizer, (N, D) standardised vectors).
+
+    Other text routers (the k-NN router) use it too, so they read the same query representation.
+    """
+    return _fit_featurizer(prompts, np.asarray(input_tokens, np.float64), n_hash, n_svd, seed)
+
+
+def transform_text(f, prompts: Sequence[str], input_tokens: np.ndarray) -> np.ndarray:
+    """(N, D) standardised text vectors of new prompts from a fitted featurizer."""
+    return _transform(f, prompts, np.asarray(input_tokens, np.float64))
 
 
 # ---------------------------------------------------------------------------------------------------- model

@@ -52,7 +52,7 @@ __all__ = [
     "Hyper", "Context", "Policy", "BetaState", "default_hyper", "REGISTRY", "make_policy", "resolve_policy",
     "policy_name",
     "thompson", "contextual_thompson", "simple_utility", "epsilon_greedy", "ucb1", "random_policy", "arm_utility_means",
-    "always_premium", "cheapest", "threshold", "best_single", "oracle", "kahan_add",
+    "always_premium", "cheapest", "threshold", "best_fixed", "oracle", "kahan_add",
 ]
 
 
@@ -334,7 +334,9 @@ class UCBState(NamedTuple):
 def ucb1(hyper: Hyper, world: World) -> Policy:
     """UCB1 on the utility: U_i = s_i/n_i + ucb_c*sqrt(2 ln t / n_i) - lam*cost - gam*unc; untried arms first.
 
-    t is the number of pulls so far plus one. Ties go to the lowest arm index.
+    t is the number of pulls so far plus one. Ties go to the lowest arm index. Pseudo-counts from the Beta prior
+    (warm start after a training split): n_i includes prior_alpha + prior_beta - 2 pulls and s_i prior_alpha - 1
+    successes, clipped to [0, pulls] (none for Beta(1, 1)).
 
     Args:
       hyper, world: as for `thompson`.
@@ -347,12 +349,16 @@ def ucb1(hyper: Hyper, world: World) -> Policy:
         z = jnp.zeros((k,), jnp.float32)
         return UCBState(jnp.zeros((k,), jnp.int32), z, z)
 
+    pa, pb = hyper.prior_alpha.reshape(-1, k)[0], hyper.prior_beta.reshape(-1, k)[0]
+    n0 = jnp.maximum(pa + pb - 2.0, 0.0)  # pseudo-counts of the prior (none below Beta(1, 1))
+    s0 = jnp.clip(pa - 1.0, 0.0, n0)
+
     def choose(state: UCBState, d, ctx: Context):
-        n = state.n.astype(jnp.float32)
+        n = state.n.astype(jnp.float32) + n0
         tot = jnp.sum(n) + 1.0
-        idx = state.s / jnp.maximum(n, 1.0) + hyper.ucb_c * jnp.sqrt(2.0 * jnp.log(tot) / jnp.maximum(n, 1.0))
+        idx = (state.s + s0) / jnp.maximum(n, 1.0) + hyper.ucb_c * jnp.sqrt(2.0 * jnp.log(tot) / jnp.maximum(n, 1.0))
         u = _utility(idx, ctx, hyper)
-        u = jnp.where((state.n == 0) & ctx.avail, jnp.inf, u)
+        u = jnp.where((n == 0) & ctx.avail, jnp.inf, u)
         return _argmax(u)
 
     def update(state: UCBState, arm, reward, ctx):
@@ -436,7 +442,7 @@ def arm_utility_means(hyper: Hyper, world: World):
     return jnp.sum(u * m, 0) / jnp.maximum(jnp.sum(m, 0), 1.0)
 
 
-def best_single(hyper: Hyper, world: World) -> Policy:
+def best_fixed(hyper: Hyper, world: World) -> Policy:
     """Best fixed arm in hindsight under the utility (falls back by rank when it is unavailable).
 
     Args:
@@ -474,7 +480,7 @@ REGISTRY: dict[str, Callable[..., Policy]] = {
     "always_premium": always_premium,
     "cheapest": cheapest,
     "threshold": threshold,
-    "best_single": best_single,
+    "best_fixed": best_fixed,
     "oracle": oracle,
 }
 """The one registry: command-line / report names -> policy factories."""

@@ -132,11 +132,15 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
             eps = h["epsilon"] if policy == "epsilon_greedy" else F(-1)
             arm = _random_arm(g, avail) if u < eps else int(np.argmax(util((a / (a + b)).astype(F))))
         elif policy == "ucb1":
-            nn = n[0].astype(F)
-            tot = F(nn.sum() + 1)
-            idx = s[0] / np.maximum(nn, F(1)) + h["ucb_c"] * np.sqrt(F(2) * np.log(tot) / np.maximum(nn, F(1)))
+            # pseudo-counts of the Beta prior (warm start): alpha + beta - 2 pulls, alpha - 1 successes
+            n0 = np.maximum(prior_a0[0] + prior_b0[0] - F(2), F(0)).astype(F)
+            s0 = np.clip(prior_a0[0] - F(1), F(0), n0).astype(F)
+            nn = (n[0].astype(F) + n0).astype(F)
+            tot = F(nn.sum(dtype=F) + F(1))
+            idx = (s[0] + s0) / np.maximum(nn, F(1)) + h["ucb_c"] * np.sqrt(
+                F(2) * np.log(tot) / np.maximum(nn, F(1)))
             uu = util(idx.astype(F))
-            uu = np.where((n[0] == 0) & avail, F(np.inf), uu)
+            uu = np.where((nn == 0) & avail, F(np.inf), uu)
             arm = int(np.argmax(uu))
         elif policy == "random":
             g = rng.random(k).astype(F) if draws is None else np.asarray(draws)[t]
@@ -148,7 +152,7 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
         elif policy == "threshold":
             score = premium if w.features[q_idx, 0] > h["threshold"] else -pc
             arm = int(np.argmax(np.where(avail, score, -np.inf)))
-        elif policy == "best_single":
+        elif policy == "best_fixed":
             arm = int(np.argmax(np.where(avail, arm_u, -np.inf)))
         elif policy == "oracle":
             qmax = np.max(np.where(avail, qual, -np.inf))

@@ -110,7 +110,8 @@ def pivot_index(table, split: str | None = "test") -> tuple[list[str], list[str]
 def world_from_table(table, split: str | None = "test",
                      pred: tuple[np.ndarray, np.ndarray] | None = None,
                      arrival: dict[str, int] | None = None,
-                     features: np.ndarray | None = None) -> tuple[World, WorldInfo]:
+                     features: np.ndarray | None = None,
+                     cost_scale: float | None = None) -> tuple[World, WorldInfo]:
     """Pivot the tidy table to a World of (N, K) arrays.
 
     Args:
@@ -120,6 +121,9 @@ def world_from_table(table, split: str | None = "test",
         `pivot_index(table, split)`; None -> per-model train stand-in (module doc).
       arrival: optional {model: step} arrival steps (default: every model present from step 0).
       features: optional (N, F) query features; None -> `bandit_sim.data.features.prompt_features`.
+      cost_scale: USD per unit of normalised cost; None -> the largest mean predicted cost per query among the
+        models on this split. Give one scale to Worlds that must share units (validation and test of a fold, the
+        two arms of a cold-start comparison).
     Returns:
       (World, WorldInfo).
     """
@@ -192,9 +196,9 @@ def world_from_table(table, split: str | None = "test",
     pred_usd = in_tok[:, None] * prices[None, :, 0] + mean_tok * prices[None, :, 1]
     unc_usd = sd_tok * prices[None, :, 1]
     mean_pred = np.where(mask, pred_usd, 0).sum(0) / np.maximum(mask.sum(0), 1)
-    scale = float(mean_pred.max())
-    if not scale > 0:
-        raise ValueError("world_from_table: all predicted costs are zero; cannot normalise")
+    scale = float(mean_pred.max()) if cost_scale is None else float(cost_scale)
+    if not (scale > 0 and np.isfinite(scale)):
+        raise ValueError(f"world_from_table: cost scale {scale!r} is not a positive number (all predicted costs zero?)")
 
     if features is None:
         features = prompt_features(t, prompt_ids)
