@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/bandit-sim run
+	$(BIN)/python scripts/update_readme.py
 
 # lint-imports checks the layers (contracts in pyproject.toml) before the tests run.
 test: install
@@ -31,6 +32,7 @@ bench: install
 	$(BIN)/bandit-sim bench --out results/bench
 	$(BIN)/python benchmarks/bench_router.py --out results/bench/router.json
 	$(BIN)/python -m benchmarks.bench_tokens --out results/bench/tokens.json
+	$(BIN)/python scripts/update_readme.py
 
 # Rebuild the bundled parquet files from ../shared/datasets (maintainers only).
 data: install

@@ -95,3 +95,18 @@ def test_gaussian_option_same_as_generic(world):
     h = default_hyper(5, prior_alpha=np.array([1.0, 0.5, 2.0, 30.0, 0.07]))
     fast, slow = _both(world, h, policy="thompson", episodes=5, steps=30, chunk=10, options={"sampler": "gaussian"})
     _assert_same(fast, slow)
+
+
+def test_recorded_arms_match_the_generic_trajectories():
+    """trajectories="arms": the batched kernel records the query and arm of every step, the same as the generic path."""
+    world, _ = toy_world(n=50, k=5, seed=2)
+    h = hyper_grid(default_hyper(5), lam=[0.0, 0.3])
+    kw = dict(policy="thompson", episodes=6, steps=70, chunk=16)
+    m_b, t_b = simulate(world, jax.random.key(4), h, trajectories="arms", impl="batched", **kw)
+    m_g, t_g = simulate(world, jax.random.key(4), h, trajectories=True, impl="generic", **kw)
+    np.testing.assert_array_equal(np.asarray(t_b.query), np.asarray(t_g.query))
+    np.testing.assert_array_equal(np.asarray(t_b.arm), np.asarray(t_g.arm))
+    np.testing.assert_array_equal(np.asarray(m_b.choices), np.asarray(m_g.choices))
+    assert t_b.draws is None and t_b.reward is None
+    m_a, t_a = simulate(world, jax.random.key(4), h, trajectories="arms", impl="generic", **kw)
+    np.testing.assert_array_equal(np.asarray(t_a.arm), np.asarray(t_g.arm))

@@ -43,3 +43,19 @@ def test_docs_have_examples():
 def test_doc_example_runs(path, line, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{path.name}:{line}", "exec"), {"__name__": f"doc_example_{line}"})
+
+
+def test_results_index_and_readme_block_are_generated_from_the_results_files():
+    """No typed figures: results/README.md and the README's results block are what the results files say."""
+    from bandit_sim.experiments.pipeline import readme_results, results_index
+
+    results = ROOT / "results"
+    if not (results / "run.json").is_file():
+        pytest.skip("no results/run.json (results not generated in this checkout)")
+    assert (results / "README.md").read_text() == results_index(results), \
+        "results/README.md is stale: rerun `make run`"
+    text = (ROOT / "README.md").read_text()
+    from bandit_sim.experiments.pipeline import README_BEGIN, README_END
+
+    block = text[text.index(README_BEGIN): text.index(README_END) + len(README_END)]
+    assert block == readme_results(ROOT), "README.md's results block is stale: run `python scripts/update_readme.py`"

@@ -126,8 +126,9 @@ def test_pgr_apgr_cpt_known_truths():
     assert M.apgr(perfect, qs, qw) == pytest.approx(0.75)
     assert M.cpt(perfect, qs, qw, 0.5) == pytest.approx(0.25)
     assert M.cpt(perfect, qs, qw, 0.8) == pytest.approx(0.25 + 0.6 * 0.25)
-    # RouteLLM discretisation: mean PGR at 0.25, 0.5, 0.75, 1 -> (0.5 + 1 + 1 + 1)/4
-    assert M.apgr(perfect, qs, qw, n_points=4) == pytest.approx(0.875)
+    # on the grid 0, 1/4, ..., 1 (the 0% point included) the trapezoid rule equals the exact integral here;
+    # averaging 1/4 .. 1 only, (0.5 + 1 + 1 + 1) / 4 = 0.875, would read 1/8 high
+    assert M.apgr(perfect, qs, qw, n_points=4) == pytest.approx(0.75)
     # constant scores = random router: PGR(c) = c, APGR = 0.5, CPT(x) = x
     const = np.zeros(4)
     np.testing.assert_allclose(M.pgr_curve(const, qs, qw).pgr, [0, 0.25, 0.5, 0.75, 1])
@@ -178,3 +179,11 @@ def test_convergence_is_the_kernels_definition():
     res = M.convergence_time(np.asarray(traj.regret, np.float64), 0.08, 50)
     np.testing.assert_array_equal(res.queries, np.asarray(m.convergence))
     np.testing.assert_array_equal(res.converged, np.asarray(m.converged))
+
+
+def test_aiq_routerbench_code_normalisation():
+    # one router: hull (1, 0.5) -> (2, 1.0), flat to c_max = 4: area 0.75 + 2 = 2.75 over 4
+    c, q = np.array([1.0, 2.0]), np.array([0.5, 1.0])
+    assert M.aiq_routerbench_code(c, q, 4.0) == pytest.approx(2.75 / 4)
+    # the paper's formula over [1, 4]: the same area over the range 3
+    assert M.aiq(c, q, 1.0, 4.0) == pytest.approx(2.75 / 3)

@@ -179,7 +179,7 @@ def run_coldstart(data: str | RoutingData, out: Path, *, episodes: int = 100, ar
                 fa, fb = family_prior_from_train(rd, info.models)
                 a[j], b[j] = fa[j], fb[j]
             _, traj = run_policy(w, info, "thompson", episodes=episodes, seed=seed, lam=lam, gam=lam * gamma,
-                                 steps=steps, trajectories=True,
+                                 steps=steps, trajectories="arms",
                                  hyper_overrides={"prior_alpha": a, "prior_beta": b, **explore})
             q, c = np.asarray(w.quality, np.float64), np.asarray(w.cost, np.float64)
             m = np.asarray(w.mask)

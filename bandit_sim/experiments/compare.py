@@ -497,9 +497,12 @@ def _fold_stats(runs: dict[str, RouterRun], fs: FoldSetup, bw: _Boot | None) -> 
     for name, (c, q) in curves.items():
         if bw is None:
             a = M.aiq(c, q, lo, hi)
+            a_code = M.aiq_routerbench_code(c, q, hi)
         else:
             a = np.array([M.aiq(c[i], q[i], lo, hi) for i in range(c.shape[0])])
+            a_code = np.array([M.aiq_routerbench_code(c[i], q[i], hi) for i in range(c.shape[0])])
         out.setdefault(name, {})["aiq"] = a
+        out[name]["aiq_routerbench_code"] = a_code
     return out
 
 
@@ -621,7 +624,8 @@ def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, s
         routers = {}
         for name in names[t]:
             entry = {}
-            keys = ("quality_retention", "cost_reduction", "aiq") if name != "zero_router" else ("aiq",)
+            keys = (("quality_retention", "cost_reduction", "aiq", "aiq_routerbench_code") if name != "zero_router"
+                    else ("aiq", "aiq_routerbench_code"))
             for key in keys:
                 pt = float(np.mean([p[name][key] for p in point]))
                 bs = np.mean([b[name][key] for b in boot], 0)
@@ -875,7 +879,9 @@ def _report(r: dict) -> str:
           "- AIQ (RouterBench): the mean of the non-decreasing convex hull of a router's (cost, quality) sweep points "
           "over the union of every router's points in the fold (the oracle's sweep spans it); RouterBench's paper "
           "normalisation (the mean of the hull over the range). The zero router is the hull of the models' own "
-          "points; the oracle is swept over λ (per query argmax quality − λ·cost).",
+          "points; the oracle is swept over λ (per query argmax quality − λ·cost). `aiq_routerbench_code` in "
+          "metrics.json is the same hull with the normalisation of RouterBench's published code (area from the "
+          "router's cheapest point to the largest cost, divided by that cost).",
           "- APGR / CPT (RouteLLM): every router swept over its knob on the strong/weak pair "
           + ", ".join(sorted({"/".join(p) for p in r["strong_weak_pair"] if p})) + " (share of strong calls vs "
           "performance gap recovered; the all-weak and all-strong settings added as end points; no hull).",

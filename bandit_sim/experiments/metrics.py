@@ -27,8 +27,8 @@ episodes, parameter grids, ...). Definitions (see ``shared/DESIGN.md``):
   ``CPT(x) = min {c : PGR(c) >= x}``. Here the integral is exact over every threshold (c = k/N, k = 0..N, trapezoid
   rule between them = random mixing of neighbouring thresholds); queries with tied scores are routed together, so
   inside a tie group PGR is interpolated linearly (the expectation under random tie-breaking). A router with
-  constant scores is then the random router: PGR(c) = c, APGR = 0.5, CPT(50%) = 0.5. RouteLLM's own approximation
-  averages PGR at 10 call-share points; pass ``n_points=10`` to :func:`apgr` to get that.
+  constant scores is then the random router: PGR(c) = c, APGR = 0.5, CPT(50%) = 0.5. ``n_points=10`` gives the
+  trapezoid rule on the 11 call shares 0%, 10%, ..., 100%.
 * **Convergence time** (DESIGN.md): the number of queries after which the rolling mean (window 50, fewer steps at the
   start) of instantaneous regret stays below a threshold until the end of the episode (:func:`convergence_time`).
 * **Regret**: cumulative, under the same utility, against the per-query oracle and against the best fixed model in
@@ -54,6 +54,7 @@ __all__ = [
     "summarize",
     "nondecreasing_hull",
     "aiq",
+    "aiq_routerbench_code",
     "zero_router_hull",
     "aiq_table",
     "PGRCurve",
@@ -350,6 +351,28 @@ def aiq(cost: np.ndarray, quality: np.ndarray, c_lo: float | None = None, c_hi: 
     return _hull_integral(hc, hq, lo, hi) / (hi - lo)
 
 
+def aiq_routerbench_code(cost: np.ndarray, quality: np.ndarray, c_max: float) -> float:
+    """AIQ with the normalisation of RouterBench's published code (``calc_AIQ``), offered beside :func:`aiq`.
+
+    Their code integrates the non-decreasing hull from its cheapest vertex to the largest cost of all routers
+    (flat to the right) and divides by that largest cost, i.e. it normalises the cost axis to [0, c_max] rather than
+    [c_min, c_max] and gives no area (rather than zero quality) left of the router's cheapest point. The paper's
+    formula (:func:`aiq`, our default) reads a little higher on RouterBench.
+
+    Args:
+      cost: (P,) sweep costs; quality: (P,) qualities; c_max: the largest cost over every router compared.
+    Returns:
+      the code's AIQ.
+    """
+    hc, hq = nondecreasing_hull(cost, quality)
+    if not c_max > 0:
+        raise ValueError(f"c_max must be > 0, got {c_max}")
+    hi = max(float(c_max), float(hc[-1]))
+    xs = np.concatenate([hc, [hi]])
+    ys = np.concatenate([hq, [hq[-1]]])
+    return float(np.sum((ys[1:] + ys[:-1]) * 0.5 * np.diff(xs)) / hi)
+
+
 def zero_router_hull(model_cost: np.ndarray, model_quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """RouterBench's Zero router: the non-decreasing convex hull of the individual models' (cost, quality) points.
 
@@ -431,8 +454,9 @@ def apgr(scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, n_points:
 
     Args:
       scores: (N,); q_strong: (N,); q_weak: (N,) as in :func:`pgr_curve`.
-      n_points: None for the exact integral (trapezoid over every threshold); an int m for RouteLLM's discrete
-        approximation, the mean of PGR at shares 1/m, 2/m, ..., 1 (curve interpolated between thresholds).
+      n_points: None for the exact integral (trapezoid over every threshold); an int m for a discrete
+        approximation on the grid of shares 0, 1/m, ..., 1 (trapezoid rule, the 0% point included; curve
+        interpolated between thresholds). Averaging PGR at 1/m .. 1 only (skipping 0%) reads about 1/(2m) high.
 
     Returns:
       APGR (0.5 for a random router; 1 only if all of the gap is recovered at once).
@@ -442,8 +466,9 @@ def apgr(scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, n_points:
         return float(np.sum((curve.pgr[1:] + curve.pgr[:-1]) * 0.5 * np.diff(curve.share)))
     if n_points < 1:
         raise ValueError(f"n_points must be >= 1, got {n_points}")
-    c = np.arange(1, n_points + 1) / n_points
-    return float(np.mean(np.interp(c, curve.share, curve.pgr)))
+    c = np.arange(0, n_points + 1) / n_points
+    p = np.interp(c, curve.share, curve.pgr)
+    return float(np.sum((p[1:] + p[:-1]) * 0.5 * np.diff(c)))
 
 
 def cpt(scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, target: float) -> float:

@@ -428,8 +428,8 @@ def kernel_sweep(world: World, info: WorldInfo, policy, *, cells: dict, episodes
       Outcomes, or (mean quality (G, E), mean normalised cost (G, E)) without trajectories.
     """
     n = world.quality.shape[0]
-    m, traj = run_policy(world, info, policy, episodes=episodes, seed=seed, steps=n, trajectories=trajectories,
-                         hyper_overrides=overrides, cells=cells)
+    m, traj = run_policy(world, info, policy, episodes=episodes, seed=seed, steps=n,
+                         trajectories="arms" if trajectories else False, hyper_overrides=overrides, cells=cells)
     if not trajectories:
         m = jax.device_get(m)
         return np.asarray(m.quality, np.float64) / n, np.asarray(m.cost, np.float64) / n

@@ -54,15 +54,16 @@ SERVES = (thompson, contextual_thompson)
 """The policy factories this kernel computes (without trajectories); every other one runs in `kernel`."""
 
 
-def serves(policy, options: dict, trajectories: bool) -> bool:
+def serves(policy, options: dict, trajectories) -> bool:
     """Whether the batched path computes `policy` with `options` (else the generic vmapped kernel).
 
     Args:
-      policy: a policy factory. options: static policy options. trajectories: full trajectories requested.
+      policy: a policy factory. options: static policy options. trajectories: False, "arms" (the query and arm
+        of every step: served here) or True (full trajectories with the policy's draws: the generic kernel).
     Returns:
       bool.
     """
-    return (policy in SERVES and not trajectories
+    return (policy in SERVES and trajectories in (False, "arms")
             and dict(options).get("sampler", "exact") in ("exact", "gaussian"))
 
 
@@ -152,8 +153,9 @@ class _State(NamedTuple):
 
 
 def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_categories, gaussian, steps,
-           chunk, reward_mode, conv_window) -> Metrics:
-    """Episodes of one block (keys (E,)): Metrics with leaves (E, ...)."""
+           chunk, reward_mode, conv_window, record=False):
+    """Episodes of one block (keys (E,)): Metrics with leaves (E, ...), and with `record` the (query, arm) of every
+    step, each (E, T)."""
     n_q, k = world.quality.shape
     e = keys.shape[0]
     n_rows = n_categories if contextual else 1
@@ -205,7 +207,8 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
         st = st._replace(n=st.n + hot3.astype(jnp.int32), s=jnp.where(hot3, s_new, st.s),
                          s_comp=jnp.where(hot3, c_new, st.s_comp), acc=acc)
         arriving = (world.arrival_step == t + 1) & (t + 1 > 0)
-        return jax.lax.cond(jnp.any(arriving), lambda st: _family_prior(st, t, arriving), lambda st: st, st)
+        st = jax.lax.cond(jnp.any(arriving), lambda st: _family_prior(st, t, arriving), lambda st: st, st)
+        return st, (arm if record else None)
 
     def _family_prior(st: _State, t, arriving):
         # arms arriving at t + 1 get the family's mean reward so far (as policies._beta_update)
@@ -229,9 +232,9 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
         best = jnp.max(jnp.where(avail, mu, -jnp.inf), 0)
         xs = (ts, seeds[:, :, 0].T, seeds[:, :, 1].T, u_r, world.category[idx], idx, best)
         per_arm = (avail, take(cols["pc"]), take(cols["pu"]))
-        return jax.lax.scan(lambda st, i: (step(st, jax.tree.map(lambda a: a[i], xs)
-                                                + jax.tree.map(lambda a: a[:, i], per_arm)), None), st,
-                            jnp.arange(n, dtype=jnp.int32))[0]
+        return jax.lax.scan(lambda st, i: step(st, jax.tree.map(lambda a: a[i], xs)
+                                               + jax.tree.map(lambda a: a[:, i], per_arm)), st,
+                            jnp.arange(n, dtype=jnp.int32))  # (state, arms (n, E) or None)
 
     def prior(p):
         return jnp.broadcast_to(jnp.asarray(p, jnp.float32).reshape(-1, k)[..., None], (n_rows, k, e))
@@ -240,32 +243,40 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, contextual, n_ca
     st = _State(jnp.zeros((n_rows, k, e), jnp.int32), z, z, prior(hyper.prior_alpha), prior(hyper.prior_beta),
                 formulas.init_accumulators(conv_window, (e,)))
     n_full, rem = divmod(steps, chunk)
+    arms = []
     if n_full:
-        st = jax.lax.scan(lambda st, c: (run_chunk(st, c, chunk), None), st, jnp.arange(n_full, dtype=jnp.int32))[0]
+        st, ys = jax.lax.scan(lambda st, c: run_chunk(st, c, chunk), st, jnp.arange(n_full, dtype=jnp.int32))
+        if record:
+            arms.append(ys.reshape(n_full * chunk, e))
     if rem:
-        st = run_chunk(st, jnp.int32(n_full), rem)
+        st, ys = run_chunk(st, jnp.int32(n_full), rem)
+        if record:
+            arms.append(ys)
     s = st.acc.sums
-    return Metrics(s[0], s[1], s[2], s[3], st.n.sum(0).T, *formulas.convergence(st.acc, steps))
+    metrics = Metrics(s[0], s[1], s[2], s[3], st.n.sum(0).T, *formulas.convergence(st.acc, steps))
+    if not record:
+        return metrics
+    return metrics, (order.T, jnp.concatenate(arms, 0).T if len(arms) > 1 else arms[0].T)
 
 
 def run_episodes(hyper: Hyper, world: World, keys, conv_threshold, *, policy: str, options: dict, steps: int,
-                 chunk: int, reward_mode: str, conv_window: int, block: int | None = None) -> Metrics:
+                 chunk: int, reward_mode: str, conv_window: int, block: int | None = None, record: bool = False):
     """Metrics of the episodes with the given per-episode keys, blocks of episodes in sequence.
 
     Args:
       hyper: Hyper of one grid cell (scalars, (K,) or (C, K) priors).
       world: World. keys: (E,) episode keys (split(key, episodes) of `simulate`).
       conv_threshold: traced threshold. policy: a factory in `SERVES`. options: static.
-      steps, chunk, reward_mode, conv_window: as `kernel.simulate`. block: episodes per block
-        (default BLOCK; see `block_size`).
+      steps, chunk, reward_mode, conv_window: as `simulate`. block: episodes per block
+        (default BLOCK; see `block_size`). record: also return the (query, arm) of every step.
     Returns:
-      Metrics with leaves (E, ...).
+      Metrics with leaves (E, ...); with `record`, (Metrics, (query (E, T), arm (E, T))).
     """
     opts = dict(options)
     contextual = policy is contextual_thompson
     kw = dict(contextual=contextual, n_categories=int(opts.get("n_categories", 1)),
               gaussian=opts.get("sampler", "exact") == "gaussian", steps=steps, chunk=chunk,
-              reward_mode=reward_mode, conv_window=conv_window)
+              reward_mode=reward_mode, conv_window=conv_window, record=record)
     e = keys.shape[0]
     b = block_size(e, block)
     if b == e:

@@ -62,7 +62,7 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
         r, inst, acc = formulas.observe(acc, t, q, c_arm, mu_arm, best, u_r, conv_threshold, reward_mode=reward_mode)
         # update
         pstate = pol.update(pstate, arm, r, ctx)
-        ys = (n_row, arm, r, inst, u_r, draws) if trajectories else None
+        ys = ((n_row, arm) if trajectories == "arms" else (n_row, arm, r, inst, u_r, draws)) if trajectories else None
         return (pstate, acc, choices + hot.astype(jnp.int32)), ys
 
     def run_chunk(carry, c, n):
@@ -103,7 +103,7 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
     traj = None
     if trajectories:
         ys = jax.tree.map(lambda *p: jnp.concatenate(p, 0), *ys_parts) if len(ys_parts) > 1 else ys_parts[0]
-        traj = Trajectory(*ys)
+        traj = Trajectory(*ys) if trajectories != "arms" else Trajectory(ys[0], ys[1], None, None, None, None)
     return metrics, traj
 
 

@@ -37,9 +37,13 @@ def _simulate_impl(world, key, hyper, conv_threshold, *, policy, options, episod
     grid = hyper.lam.ndim == 1
     if impl == "batched":
         def f(h, keys):
-            return batched.run_episodes(h, world, keys, conv_threshold, policy=policy, options=options,
-                                        steps=steps, chunk=chunk, reward_mode=reward_mode,
-                                        conv_window=conv_window), None
+            out = batched.run_episodes(h, world, keys, conv_threshold, policy=policy, options=options, steps=steps,
+                                       chunk=chunk, reward_mode=reward_mode, conv_window=conv_window,
+                                       record=trajectories == "arms")
+            if trajectories != "arms":
+                return out, None
+            m, (query, arm) = out
+            return m, Trajectory(query, arm, None, None, None, None)
     else:
         def f(h, keys):
             return kernel.run_episodes(h, world, keys, conv_threshold, policy=policy, options=options, steps=steps,
@@ -61,6 +65,8 @@ _simulate_jit = jax.jit(_simulate_impl, static_argnames=_STATIC)
 def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajectories, conv_threshold,
              conv_window, options, devices, impl="auto"):
     policy = resolve_policy(policy)
+    if trajectories not in (False, True, "arms"):
+        raise ValueError(f"simulate: trajectories must be False, True or 'arms', got {trajectories!r}")
     if reward not in ("observed", "bernoulli"):
         raise ValueError(f"simulate: reward must be 'observed' or 'bernoulli', got {reward!r}")
     if impl not in IMPLS:
@@ -90,7 +96,7 @@ def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajecto
     args = (world, key, hyper, jnp.float32(conv_threshold))
     static = dict(policy=policy, options=tuple(sorted(dict(options).items())), episodes=int(episodes),
                   steps=int(steps), chunk=chunk, reward_mode=reward,
-                  trajectories=bool(trajectories), conv_window=int(conv_window), n_devices=n_dev, impl=impl)
+                  trajectories=trajectories, conv_window=int(conv_window), n_devices=n_dev, impl=impl)
     return args, static
 
 
@@ -108,7 +114,9 @@ def simulate(world: World, key: jax.Array, hyper: Hyper, *, policy="thompson", e
       policy: a policy factory (e.g. `policies.thompson`) or its name in `policies.REGISTRY`.
       episodes: E (static). steps: T (static). chunk: steps whose noise is drawn in bulk (static).
       reward: "observed" | "bernoulli".
-      trajectories: also return per-step trajectories (static).
+      trajectories: also return per-step trajectories (static): True (query, arm, reward, regret, reward uniforms
+        and the policy's draws) or "arms" (the query and arm of every step only: light, and served by the
+        batched Thompson kernel too).
       conv_threshold: convergence threshold on the window mean of instantaneous regret (traced).
       conv_window: window length (static).
       options: static policy options, e.g. {"sampler": "gaussian", "n_candidates": 2}.
