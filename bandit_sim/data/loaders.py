@@ -122,7 +122,8 @@ def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str], requir
             notes.append(f"cost_usd: {n} missing values computed from the price table")
         else:
             df["cost_usd"] = priced
-            notes.append("cost_usd: computed from the price table x tokens")
+            notes.append("cost_usd: computed from the price table x tokens"
+                         + (" (priced models only)" if unpriced else ""))
     if "order" not in df.columns:
         first = pd.unique(df["prompt_id"])
         df["order"] = df["prompt_id"].map({p: i for i, p in enumerate(first)})

@@ -5,7 +5,8 @@ Endpoints (docs/serve.md):
   forwards the request to the chosen backend (its ``model`` field replaced by the backend's upstream name);
   the backend's response comes back unchanged (streamed too) with headers ``x-router-model``,
   ``x-router-decision-id``, ``x-router-forecast-tokens`` (mean), ``x-router-forecast-tokens-interval`` (80%),
-  ``x-router-forecast-cost-usd``, ``x-router-explored``. An upstream error (connection, timeout, 5xx, 429) is
+  ``x-router-forecast-cost-usd``, ``x-router-explored`` (and ``x-router-upstream-ms``, the time the backend took,
+  on non-streamed answers). An upstream error (connection, timeout, 5xx, 429) is
   retried once on the next-best model (``x-router-fallback-from``, ``x-router-upstream-error``). A request naming a
   backend passes through unrouted.
 - ``POST /v1/feedback`` ``{decision_id, quality[, output_tokens, cost_usd]}``: tokens and cost default to the
@@ -125,7 +126,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         log.info("service ready: state restored and log replayed in %.2f s, jit warm-up %.2f s", t1 - t0,
                  time.perf_counter() - t1)
         state["svc"] = svc
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
         state["http"] = httpx.AsyncClient(timeout=httpx.Timeout(cfg.upstream_timeout_s), limits=limits)
         missing = sorted({b.api_key_env for b in svc.backends.values() if b.api_key_env and b.api_key_env not in env})
         if missing:
@@ -286,6 +287,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 else:  # the backend refused the request itself (4xx): no feedback can follow
                     s.failed(d, f"{name}: HTTP {resp.status_code}")
                 metrics.overhead.observe(max(0.0, time.perf_counter() - t0 - up))
+            headers["x-router-upstream-ms"] = f"{up * 1e3:.3f}"
             metrics.latency.labels("chat").observe(time.perf_counter() - t0)
             return Response(content, status_code=resp.status_code,
                             media_type=resp.headers.get("content-type", "application/json"), headers=headers)

@@ -88,8 +88,9 @@ class RouterService:
         self.replayed = 0
         self.log = DecisionLog(cfg.decision_log, fsync=cfg.fsync_every_line)
         self.router = self._load_or_build()
-        self.metrics.lam.set(self.lam)
-        self.metrics.gam.set(float(self.router.hyper.gam))
+        self._lam, self._gam = float(self.router.hyper.lam), float(self.router.hyper.gam)  # host copies
+        self.metrics.lam.set(self._lam)
+        self.metrics.gam.set(self._gam)
 
     # ------------------------------------------------------------ start: state + replay
 
@@ -173,7 +174,7 @@ class RouterService:
 
     @property
     def lam(self) -> float:
-        return float(self.router.hyper.lam)
+        return self._lam
 
     def save(self) -> None:
         """Write the state file atomically (router + log position + backends + usage of pending decisions)."""
@@ -217,8 +218,8 @@ class RouterService:
         ev = dict(type="decision", id=d.decision_id, step=d.step, model=d.model, input_tokens=d.input_tokens,
                   query_id=d.query_id, tokens_mean=round(d.tokens_mean, 3), tokens_sd=round(d.tokens_sd, 3),
                   tokens_interval=[round(x, 3) for x in d.tokens_interval], cost_usd=d.cost_usd,
-                  explored=d.explored, lam=float(r.hyper.lam) if preset is None else self.cfg.presets[preset][0],
-                  gam=float(r.hyper.gam) if preset is None else self.cfg.presets[preset][1], preset=preset,
+                  explored=d.explored, lam=self._lam if preset is None else self.cfg.presets[preset][0],
+                  gam=self._gam if preset is None else self.cfg.presets[preset][1], preset=preset,
                   utilities={k: round(v, 6) for k, v in d.utilities.items()},
                   pi={k: round(v, 6) for k, v in d.pi.items()})
         if self.cfg.log_prompts and prompt is not None:
@@ -309,9 +310,10 @@ class RouterService:
         self.metrics.feedback.labels(model).inc()
         self.metrics.spend.labels(model).inc(cost)
         if self.spend is not None:
-            lam = self.spend.update(self.lam, cost)
+            lam = self.spend.update(float(self.router.hyper.lam), cost)
             self.router.hyper = self.router.hyper._replace(lam=jnp.asarray(lam, jnp.float32))
-            self.metrics.lam.set(lam)
+            self._lam = float(self.router.hyper.lam)
+            self.metrics.lam.set(self._lam)
 
     # ------------------------------------------------------------ backends at run time
 
