@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,7 +110,13 @@ def start_server(config: Path, tmp: Path, env: dict, tag: str = "server", cli: b
     return p, base
 
 
+JAX_CACHE = Path(tempfile.gettempdir()) / f"bandit-sim-serve-tests-jax-cache-{os.getuid()}"
+
+
 def base_env(**extra) -> dict:
+    """The test servers' environment: CPU JAX with a persistent compilation cache shared by the test servers
+    (a restart loads the compiled route/observe steps instead of compiling them again)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER")}
-    env.update(JAX_PLATFORMS="cpu", **extra)
+    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
     return env

@@ -22,6 +22,7 @@ import pytest
 
 from bandit_sim.cli import main
 from bandit_sim.serve.config import ConfigError, load_config
+from bandit_sim.serve.service import RouterService
 from tests.serve_helpers import base_env, start_backend, start_server, write_config
 
 UPSTREAM_KEY = "sk-upstream-SECRET-7f3a9c"
@@ -361,3 +362,33 @@ def test_sigkill_restart_keeps_every_acknowledged_feedback(fakes, tmp_path):
     fb = [e["id"] for e in log if e["type"] == "feedback"]
     assert len(fb) == len(set(fb)) == expect
     assert set(acked) <= set(fb)
+
+
+# ---------------------------------------------------------------- the service in-process (no HTTP)
+
+
+def test_service_replay_and_admin_changes_survive_a_restart(tmp_path):
+    cfg_path = write_config(tmp_path / "r.toml", [_backend("a", "http://127.0.0.1:9/v1"),
+                                                  _backend("b", "http://127.0.0.1:9/v1", output_per_m=5.0)],
+                            server=dict(state="s.npz", decision_log="log.jsonl", save_every=1000))
+    cfg = load_config(cfg_path)
+    s = RouterService(cfg)
+    ds = [s.route(f"q {i}", 5) for i in range(6)]
+    s.record_usage(ds[0].decision_id, 5, 7)
+    s.feedback(ds[0].decision_id, 1.0)
+    s.feedback(ds[1].decision_id, 0.0, output_tokens=3)
+    s.add_backend(_backend("c", "http://127.0.0.1:9/v1", family="Local"))
+    s.remove_backend("b")
+    d7 = s.route("after admin", 5)
+    s.feedback(d7.decision_id, 0.5, output_tokens=2)
+    s.log.close()  # "killed": the admin change saved the state; the last decision and feedback are only logged
+    s2 = RouterService(cfg)
+    assert s2.replayed == 2 and s2.router.models == s.router.models and "b" not in s2.router.models
+    assert s2.router.summary() == s.router.summary()
+    for d in ds[2:]:
+        if d.model != "b":  # decisions of a removed backend take no feedback
+            assert s2.feedback(d.decision_id, 1.0, output_tokens=1)["applied"]
+    with pytest.raises(Exception, match="applied once"):
+        s2.feedback(ds[0].decision_id, 1.0, output_tokens=1)
+    s2.close()
+    assert RouterService(cfg).router.summary() == s2.router.summary()

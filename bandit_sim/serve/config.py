@@ -237,7 +237,7 @@ def load_config(path, *, overrides: dict | None = None) -> ServeConfig:
     def _path(key, default):
         v = _str(srv, key, where, default)
         p = Path(v)
-        return p if p.is_absolute() else base / p
+        return p if p.is_absolute() else (base / p).resolve()
 
     port = _num(srv, "port", where, 8000, lo=0, integer=True)
     if port > 65535:

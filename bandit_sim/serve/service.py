@@ -86,6 +86,7 @@ class RouterService:
                       if cfg.policy.spend_target_usd else None)
         self._since_save = 0
         self.replayed = 0
+        self.removed: set[str] = set()  # config backends an admin removed (not re-added from the config on start)
         self.log = DecisionLog(cfg.decision_log, fsync=cfg.fsync_every_line)
         self.router = self._load_or_build()
         self._lam, self._gam = float(self.router.hyper.lam), float(self.router.hyper.gam)  # host copies
@@ -117,6 +118,7 @@ class RouterService:
                 b = parse_backend(d, f"{self.cfg.state} backend #{i + 1}")
                 self.backends[b.name] = b
             self.usage = {k: list(v) for k, v in extra.get("usage", {}).items()}
+            self.removed = set(extra.get("removed", []))
             if self.spend is not None and extra.get("spend_ewma") is not None:
                 self.spend.ewma = float(extra["spend_ewma"])
             log.info("restored %s: step %d, %d observed, log seq %d", self.cfg.state, r.step, int(r.totals[0]),
@@ -128,10 +130,13 @@ class RouterService:
         self.replayed = self._replay(saved_seq)
         self.metrics.replayed.set(self.replayed)
         # backends of the config: connection details and prices follow the config; new ones join with their
-        # family's priors
+        # family's priors; one an admin removed stays removed
         for b in self.cfg.backends:
+            if b.name in self.removed:
+                continue
             self.backends[b.name] = b
             if b.name not in r.models:
+                log.info("backend %s of the config joins the saved router (family prior)", b.name)
                 self._add(b)
         missing = [m for m in r.models if m not in self.backends]
         for m in missing:  # a routed model nobody can reach: stop routing to it
@@ -162,8 +167,10 @@ class RouterService:
                                          float(ev["cost_usd"]))
                 elif t == "admin" and ev.get("op") == "add" and ev["backend"]["name"] not in r.models:
                     self._add(parse_backend(ev["backend"], "log"))
+                    self.removed.discard(ev["backend"]["name"])
                 elif t == "admin" and ev.get("op") == "remove" and ev.get("name") in r.models:
                     self._remove(ev["name"])
+                    self.removed.add(ev["name"])
             except (RouterInputError, KeyError, ValueError) as exc:
                 log.warning("log event %s (%s) not replayed: %s", ev.get("seq"), t, exc)
         if n:
@@ -181,7 +188,7 @@ class RouterService:
         pend = self.router.pending
         extra = dict(log_seq=self.log.seq, backends=[b.public() for b in self.backends.values()],
                      usage={k: v for k, v in self.usage.items() if k in pend},
-                     spend_ewma=None if self.spend is None else self.spend.ewma)
+                     spend_ewma=None if self.spend is None else self.spend.ewma, removed=sorted(self.removed))
         self.router.save(self.cfg.state, extra=extra)
         self._since_save = 0
         self.metrics.saves.inc()
@@ -338,6 +345,7 @@ class RouterService:
         except RouterInputError as exc:
             raise ServiceError(400, str(exc), param="backend") from None
         self.backends[b.name] = b
+        self.removed.discard(b.name)
         self.log.append(dict(type="admin", op="add", backend=b.public()), sync=True)
         self.save()
         a, bb = self.router.posterior()[b.name]
@@ -351,6 +359,7 @@ class RouterService:
         if len(self.router.models) == 1:
             raise ServiceError(400, "cannot remove the last backend", param="name")
         self._remove(name)
+        self.removed.add(name)
         self.log.append(dict(type="admin", op="remove", name=name), sync=True)
         self.save()
         return dict(removed=name, models=self.router.models)
