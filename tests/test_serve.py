@@ -23,7 +23,7 @@ import pytest
 from bandit_sim.cli import main
 from bandit_sim.serve.config import ConfigError, load_config
 from bandit_sim.serve.service import RouterService
-from tests.serve_helpers import base_env, start_backend, start_server, write_config
+from serve_helpers import base_env, start_backend, start_server, write_config
 
 UPSTREAM_KEY = "sk-upstream-SECRET-7f3a9c"
 ADMIN_TOKEN = "admin-SECRET-41b2"
@@ -392,3 +392,17 @@ def test_service_replay_and_admin_changes_survive_a_restart(tmp_path):
         s2.feedback(ds[0].decision_id, 1.0, output_tokens=1)
     s2.close()
     assert RouterService(cfg).router.summary() == s2.router.summary()
+
+
+def test_spend_target_moves_lambda(tmp_path):
+    cfg_path = write_config(tmp_path / "r.toml", [_backend("a", "http://127.0.0.1:9/v1"),
+                                                  _backend("b", "http://127.0.0.1:9/v1")],
+                            server=dict(state="s.npz", decision_log="log.jsonl"),
+                            policy="spend_target_usd = 1e-6\nspend_rate = 0.5\nlam = 0.3")
+    s = RouterService(load_config(cfg_path))
+    lam0 = s.lam
+    for i in range(5):
+        s.feedback(s.route(f"q {i}", 5).decision_id, 1.0, output_tokens=10, cost_usd=1e-4)  # 100x the target
+    assert s.lam > lam0 * 1.5
+    s.close()
+    assert RouterService(load_config(cfg_path)).lam == pytest.approx(s.lam)  # saved with the state
