@@ -27,11 +27,12 @@ test-all: install
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -m ''
 
-# Kernel throughput vs NumPy/MABWiser, router latency, token-model fit time (each writes JSON under results/bench).
+# Kernel throughput vs NumPy/MABWiser, router latency, token-model fit time, serve overhead (JSON under results/bench).
 bench: install
 	$(BIN)/bandit-sim bench --out results/bench
 	$(BIN)/python benchmarks/bench_router.py --out results/bench/router.json
 	$(BIN)/python -m benchmarks.bench_tokens --out results/bench/tokens.json
+	$(BIN)/python benchmarks/bench_serve.py --out results/bench/serve.json
 	$(BIN)/python scripts/update_readme.py
 
 # Rebuild the bundled parquet files from ../shared/datasets (maintainers only).

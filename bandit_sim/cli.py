@@ -4,6 +4,10 @@
     bandit-sim data validate PATH
     bandit-sim tokens | compare | coldstart | sweep | bench ...
     bandit-sim run            # the main job on the bundled data: regenerates results/
+    bandit-sim serve --config router.toml    # the OpenAI-compatible routing server (docs/serve.md)
+
+Every command takes `--prices FILE` (before or after the command name): your own models' prices (TOML/CSV/JSON,
+`bandit_sim.data.prices`), registered for the process before the command runs.
 
 Run `bandit-sim COMMAND --help` for each command's options.
 """
@@ -22,12 +26,14 @@ import jax
 
 from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import load_data
+from bandit_sim.data.prices import use_prices_file
 from bandit_sim.data.schema import DataValidationError
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import run_compare
 from bandit_sim.experiments.pipeline import STAGES, run_all
 from bandit_sim.experiments.sweep import parse_range, run_sweep
 from bandit_sim.experiments.token_eval import PROMPT_METHODS, run_token_eval
+from bandit_sim.serve.cli import add_serve_subparser
 
 __all__ = ["main", "build_parser"]
 
@@ -47,12 +53,15 @@ def _cmd_data_validate(args) -> int:
     if not path.exists():
         print(f"error: no such file: {path}", file=sys.stderr)
         return 2
-    rd = load_data(path)
+    rd = load_data(path, require_costs=False)  # the schema only: unpriced models pass with a warning
     t = rd.table
     print(f"{path}: valid routing table: {len(t)} rows, {t['prompt_id'].nunique()} prompts, "
           f"{t['model'].nunique()} models")
     for n in rd.notes:
-        print(f"- {n}")
+        if n.startswith("warning:"):
+            print(n, file=sys.stderr)
+        else:
+            print(f"- {n}")
     return 0
 
 
@@ -241,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
     b.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke)")
     b.set_defaults(func=_cmd_bench)
+    add_serve_subparser(sub)
+    _add_prices_option(p)
     return p
 
 
@@ -256,11 +267,26 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+PRICES_HELP = ("your own models' prices: a TOML/CSV/JSON file of name, input_per_m, output_per_m (USD per 1M "
+               "tokens)[, family] -- the serve config's backends format (docs/serve.md)")
+
+
+def _add_prices_option(parser: argparse.ArgumentParser) -> None:
+    """`--prices FILE` on the top parser and on every (sub)command, wherever the user writes it."""
+    parser.add_argument("--prices", default=argparse.SUPPRESS, help=PRICES_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in set(action.choices.values()):
+                _add_prices_option(sp)
+
+
 def main(argv=None) -> int:
     """Entry point of the `bandit-sim` console script."""
     args = build_parser().parse_args(argv)
     _enable_compilation_cache()
     try:
+        if getattr(args, "prices", None):
+            use_prices_file(args.prices)
         return int(args.func(args) or 0)
     except DataValidationError as exc:
         print(f"invalid data: {exc}", file=sys.stderr)

@@ -121,7 +121,10 @@ def count_prompt_tokens(texts: Sequence[str]) -> np.ndarray:
     texts = ["" if t is None else str(t) for t in texts]
     if not texts:
         return np.zeros(0, dtype=np.int64)
-    encoded = _encoder().encode_ordinary_batch(texts, num_threads=2)
+    enc = _encoder()
+    if len(texts) < 16:  # a few texts (a live router's query): no thread pool per call
+        return np.fromiter((len(enc.encode_ordinary(t)) for t in texts), dtype=np.int64, count=len(texts))
+    encoded = enc.encode_ordinary_batch(texts, num_threads=2)
     return np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(texts))
 
 

@@ -4,6 +4,12 @@
 `price_of(model)` gives (USD per input token, USD per output token) from `PRICES`, a table in USD per 1M tokens
 whose every entry names its source.
 
+Your own models and prices: `register_prices({...})` (or `bandit-sim --prices FILE`, read by
+`bandit_sim.data.prices.load_prices`) puts a process-wide overlay in front of `PRICES` (and of the family rules);
+`price_of` looks there first, then in `PRICES`, then through `ALIASES` (common undated names such as ``gpt-4``,
+``gpt-4o`` or ``claude-3-5-sonnet`` resolve to a dated catalog entry). `missing_prices(models)` names the models
+nothing prices.
+
 Sources used below:
 - ``routerbench``: recovered from RouterBench's own per-call ``total_cost_usd`` by least squares on cl100k token counts
   (``cost = in_tok * p_in + out_tok * p_out``; every one of the 11 models fits with R^2 = 1.000). These are the prices
@@ -19,9 +25,15 @@ Sources used below:
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
-__all__ = ["FAMILIES", "PRICES", "Price", "UnknownModelError", "family_of", "infer_prices", "price_of", "price_table"]
+__all__ = ["ALIASES", "FAMILIES", "PRICES", "Price", "UnknownModelError", "clear_user_prices", "family_of",
+           "infer_prices", "missing_prices", "price_of", "price_table", "register_prices", "resolve_alias",
+           "user_prices", "HOW_TO_PRICE"]
+
+HOW_TO_PRICE = ("give prices with a prices file (`--prices FILE` on any bandit-sim command, TOML/CSV/JSON with "
+                "name, input_per_m, output_per_m; see docs/serve.md) or `bandit_sim.data.catalog.register_prices`, "
+                "or add a cost_usd column to the table")
 
 
 class Price(NamedTuple):
@@ -84,9 +96,12 @@ def family_of(model: str) -> str:
     Args:
       model: the model name as the data spells it (case-insensitive; an org prefix like "meta/" is fine).
     Returns:
-      The family name; "Other" when no rule matches.
+      The family name given with `register_prices`, else the first matching rule; "Other" when none matches.
     """
     name = str(model).lower()
+    fam = _USER_FAMILIES.get(name.strip())
+    if fam:
+        return fam
     for pattern, family in _FAMILY_RULES:
         if re.search(pattern, name):
             return family
@@ -207,9 +222,78 @@ for _name, _usd in _OPEN_WEIGHT_SIZES.items():
 _SMALL_FINETUNE = re.compile(r"^(plato_7b|nowllm_mistral_7b|krikri-)")
 
 
+# Common undated names -> the catalog entry they mean (the vendor's current target of the alias at the entry's
+# date). Ambiguous names (e.g. "mixtral": 8x7B or 8x22B?) are deliberately absent: give them a price yourself.
+ALIASES: dict[str, str] = {
+    "gpt-4": "gpt-4-0613", "gpt-4-turbo": "gpt-4-turbo-2024-04-09", "gpt-4-turbo-preview": "gpt-4-0125-preview",
+    "gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+    "o1-preview": "o1-preview-2024-09-12", "o1-mini": "o1-mini-2024-09-12",
+    "claude-3-opus": "claude-3-opus-20240229", "claude-3-sonnet": "claude-3-sonnet-20240229",
+    "claude-3-haiku": "claude-3-haiku-20240307", "claude-3-5-sonnet": "claude-3-5-sonnet-20241022",
+    "claude-3.5-sonnet": "claude-3-5-sonnet-20241022", "claude-3-5-sonnet-latest": "claude-3-5-sonnet-20241022",
+    "claude-3-opus-latest": "claude-3-opus-20240229",
+    "gemini-1.5-pro": "gemini-1.5-pro-api-0514", "gemini-1.5-flash": "gemini-1.5-flash-api-0514",
+    "mistral-large": "mistral-large-2407", "mistral-large-latest": "mistral-large-2407",
+    "mistral-7b": "mistral-7b-instruct", "mixtral-8x7b": "mixtral-8x7b-instruct-v0.1",
+    "mixtral-8x22b": "mixtral-8x22b-instruct-v0.1",
+    "llama-3-8b": "llama-3-8b-instruct", "llama-3-70b": "llama-3-70b-instruct",
+    "llama-3.1-8b": "llama-3.1-8b-instruct", "llama-3.1-70b": "llama-3.1-70b-instruct",
+    "llama-3.1-405b": "llama-3.1-405b-instruct-fp8",
+}
+
+# The process-wide overlay of the user's own prices and families (register_prices); keys are lower-cased names.
+_USER_PRICES: dict[str, Price] = {}
+_USER_FAMILIES: dict[str, str] = {}
+
+
+def register_prices(prices: Mapping[str, Price | tuple], families: Mapping[str, str] | None = None) -> None:
+    """Add the user's own prices (and families) in front of the catalog, for this process.
+
+    Args:
+      prices: model -> Price, or (input_per_m, output_per_m[, source]) in USD per 1M tokens.
+      families: optional model -> family (`family_of` answers it first).
+    Raises:
+      ValueError: a negative or non-finite price.
+    """
+    for name, p in prices.items():
+        p = tuple(p)
+        pin, pout = float(p[0]), float(p[1])
+        if not (pin >= 0 and pout >= 0 and pin < float("inf") and pout < float("inf")):
+            raise ValueError(f"price of {name!r} must be finite USD per 1M tokens >= 0, got {p[:2]!r}")
+        _USER_PRICES[str(name).strip().lower()] = _p(pin, pout, str(p[2]) if len(p) > 2 else "user prices")
+    for name, fam in (families or {}).items():
+        if fam:
+            _USER_FAMILIES[str(name).strip().lower()] = str(fam)
+
+
+def clear_user_prices() -> None:
+    """Forget every price and family given with `register_prices`."""
+    _USER_PRICES.clear()
+    _USER_FAMILIES.clear()
+
+
+def user_prices() -> dict[str, Price]:
+    """A copy of the user's registered prices (lower-cased name -> Price)."""
+    return dict(_USER_PRICES)
+
+
+def resolve_alias(model: str) -> str:
+    """The catalog name a common alias stands for (`ALIASES`), else the name itself."""
+    return ALIASES.get(str(model).strip().lower(), str(model))
+
+
 def _key(model: str) -> str:
     name = str(model).strip().lower()
-    return name.split("/", 1)[1] if "/" in name and name.split("/", 1)[1] in PRICES else name
+    if name in _USER_PRICES:
+        return name
+    if "/" in name and name.split("/", 1)[1] in PRICES:
+        return name.split("/", 1)[1]
+    return ALIASES.get(name, name) if name not in PRICES else name
+
+
+def _lookup(model: str) -> Price | None:
+    key = _key(model)
+    return _USER_PRICES.get(key) or PRICES.get(key)
 
 
 def price_of(model: str) -> tuple[float, float]:
@@ -223,23 +307,30 @@ def price_of(model: str) -> tuple[float, float]:
       UnknownModelError: the model is not in `PRICES`; the message says how to add it.
     """
     key = _key(model)
-    price = PRICES.get(key)
+    price = _lookup(model)
     if price is None and _SMALL_FINETUNE.match(key):
         price = _p(0.2, 0.2, _OW + " (7-8B fine-tune)")
     if price is None:
-        raise UnknownModelError(
-            f"no price for model {model!r}: add it to bandit_sim/data/catalog.py PRICES (USD per 1M input/output tokens, "
-            f"with its source), or give the table a cost_usd column"
-        )
+        raise UnknownModelError(f"no price for model {model!r}: {HOW_TO_PRICE}")
     return price.input_per_m / 1e6, price.output_per_m / 1e6
+
+
+def missing_prices(models) -> list[str]:
+    """The models (sorted, unique) that neither the user's prices, the catalog nor its aliases price."""
+    out = set()
+    for m in models:
+        try:
+            price_of(m)
+        except UnknownModelError:
+            out.add(str(m))
+    return sorted(out)
 
 
 def price_table(models) -> list[dict]:
     """Rows (model, family, input/output USD per 1M tokens, source) for the given models, for reports."""
     rows = []
     for m in models:
-        key = _key(m)
-        p = PRICES.get(key)
+        p = _lookup(m)
         if p is None:
             pin, pout = price_of(m)
             p = _p(pin * 1e6, pout * 1e6, _OW + " (7-8B fine-tune)")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bandit_sim.data.arena55k import load_arena55k
-from bandit_sim.data.catalog import UnknownModelError, family_of
+from bandit_sim.data.catalog import HOW_TO_PRICE, family_of, missing_prices
 from bandit_sim.data.schema import DataValidationError, RoutingData, read_table, validate_table
 from bandit_sim.data.sources import hash_split, price_cost
 from bandit_sim.data.synthetic import generate_synthetic
@@ -80,8 +80,12 @@ def read_bundle(name: str, data_dir: Path | None = None) -> pd.DataFrame:
     return table
 
 
-def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str]) -> pd.DataFrame:
-    """Fill the optional columns of a validated user table, saying what was derived."""
+def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str], require_costs: bool = True) -> pd.DataFrame:
+    """Fill the optional columns of a validated user table, saying what was derived.
+
+    Rows whose cost is absent and whose model nothing prices: an error naming the models when `require_costs`,
+    else their cost_usd stays NaN and a note starting with "warning:" names them.
+    """
     df = df.copy()
     if "prompt" not in df.columns:
         df["prompt"] = ""
@@ -100,17 +104,26 @@ def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str]) -> pd.
         df["input_tokens"] = df["prompt_id"].map(dict(zip(uniq["prompt_id"], count_tokens(uniq["prompt"].tolist()))))
         notes.append("input_tokens: counted from prompt text with cl100k")
     if "cost_usd" not in df.columns or df["cost_usd"].isna().any():
-        try:
-            priced = price_cost(df["model"], df["input_tokens"].astype(float), df["output_tokens"])
-        except UnknownModelError as exc:
-            raise DataValidationError(f"{source}: column 'cost_usd' is absent or incomplete and {exc}") from exc
+        need = df["model"] if "cost_usd" not in df.columns else df.loc[df["cost_usd"].isna(), "model"]
+        unpriced = missing_prices(need.unique())
+        if unpriced and require_costs:
+            raise DataValidationError(f"{source}: column 'cost_usd' is absent or incomplete and no price is known "
+                                      f"for models {unpriced}: {HOW_TO_PRICE}")
+        ok = ~df["model"].isin(unpriced)
+        priced = pd.Series(float("nan"), index=df.index)
+        priced[ok] = price_cost(df.loc[ok, "model"], df.loc[ok, "input_tokens"].astype(float),
+                                df.loc[ok, "output_tokens"])
+        if unpriced:
+            notes.append(f"warning: no price for models {unpriced}; their cost_usd stays empty, so commands that "
+                         f"need costs will stop: {HOW_TO_PRICE}")
         if "cost_usd" in df.columns:
             n = int(df["cost_usd"].isna().sum())
             df["cost_usd"] = df["cost_usd"].fillna(priced)
             notes.append(f"cost_usd: {n} missing values computed from the price table")
         else:
             df["cost_usd"] = priced
-            notes.append("cost_usd: computed from the price table x tokens")
+            notes.append("cost_usd: computed from the price table x tokens"
+                         + (" (priced models only)" if unpriced else ""))
     if "order" not in df.columns:
         first = pd.unique(df["prompt_id"])
         df["order"] = df["prompt_id"].map({p: i for i, p in enumerate(first)})
@@ -124,12 +137,16 @@ def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str]) -> pd.
     return df
 
 
-def load_data(name_or_path: str | os.PathLike, *, seed: int = 0, **kwargs) -> RoutingData:
+def load_data(name_or_path: str | os.PathLike, *, seed: int = 0, require_costs: bool = True,
+              **kwargs) -> RoutingData:
     """Load routing data by name or path.
 
     Args:
       name_or_path: "routerbench", "arenabench", "arenahard", "synthetic", "arena55k", or a Parquet/CSV path.
       seed: seed of the synthetic generator (ignored by real data).
+      require_costs: a user's table whose rows lack cost_usd must have prices for their models (the catalog,
+        its aliases, or the user's `register_prices` / `--prices FILE`); False keeps such costs NaN with a
+        "warning:" note (schema-only checks: `bandit-sim data validate`).
       **kwargs: passed to the synthetic generator (`n_prompts`, ...) or the 55k loader (`path`, ...).
     Returns:
       A `RoutingData`.
@@ -159,7 +176,7 @@ def load_data(name_or_path: str | os.PathLike, *, seed: int = 0, **kwargs) -> Ro
     raw = read_table(path)
     notes: list[str] = []
     table = validate_table(raw, source=str(path))
-    table = _complete_user_table(table, str(path), notes)
+    table = _complete_user_table(table, str(path), notes, require_costs=require_costs)
     table = validate_table(table, source=str(path))
     return RoutingData(str(path), table, "user", "full-information", notes)
 

@@ -218,6 +218,7 @@ class Router:
             ek = episode_keys(key)
         self._k_noise, self._k_fb = ek.noise, ek.fallback
         self.step = 0  # decisions made so far (t of the next decision)
+        self.saved_extra = None  # the application's `extra` of the file this router was loaded from
         self.pending: dict[str, dict[str, Any]] = {}  # decision id -> what observe needs
         # per-slot bookkeeping (host, float64): decisions, observations, quality, tokens, cost
         self.stats = np.zeros((cap, 5), np.float64)
@@ -540,9 +541,15 @@ class Router:
 
     # ------------------------------------------------------------ persistence
 
-    def save(self, path) -> "Path":  # noqa: F821
-        """Write the whole router to `path` (.npz: arrays + JSON), atomically; see `bandit_sim.router.state`."""
+    def save(self, path, *, extra: Mapping[str, Any] | None = None) -> "Path":  # noqa: F821
+        """Write the whole router to `path` (.npz: arrays + JSON), atomically; see `bandit_sim.router.state`.
+
+        `extra`: JSON-able data of the application saved in the same file (meta "extra"; a server keeps its
+        write-ahead-log position and backends there); `Router.load` gives it back as `router.saved_extra`.
+        """
         arrays, meta = _router_to_state(self)
+        if extra is not None:
+            meta["extra"] = dict(extra)
         return state_file.write_state(path, arrays, meta)
 
     @classmethod
@@ -550,9 +557,50 @@ class Router:
         """Read a router written by `save` (migrating older versions); see `bandit_sim.router.state`."""
         arrays, meta = state_file.read_and_migrate(path, tokens=tokens)
         try:
-            return _restore(arrays, meta, tokens, path)
+            r = _restore(arrays, meta, tokens, path)
         except KeyError as exc:
             raise state_file.RouterStateError(f"{path}: metadata lacks {exc}") from exc
+        r.saved_extra = meta.get("extra")
+        return r
+
+    # ------------------------------------------------------------ pending decisions (services)
+
+    def reassign(self, decision_id: str, model: str) -> None:
+        """Move a pending decision to another model (a service that fell back to `model` after the chosen one
+        failed): its feedback then updates `model`'s posterior and the routed counts follow.
+
+        Raises:
+          RouterInputError: unknown decision or model.
+        """
+        did = self._decision_id(decision_id)
+        slot = self._slot(model)
+        p = self.pending[did]
+        self.stats[p["slot"], 0] -= 1
+        self.stats[slot, 0] += 1
+        p["slot"], p["model"] = slot, model
+
+    def drop(self, decision_id: str) -> None:
+        """Forget a pending decision that will get no feedback (its call failed); routed counts follow."""
+        did = self._decision_id(decision_id)
+        p = self.pending.pop(did)
+        self.stats[p["slot"], 0] -= 1
+
+    def restore_pending(self, decision_id: str, model: str, step: int, input_tokens: int,
+                        query_id: str | None = None) -> None:
+        """Re-create a pending decision from a log (a service replaying decisions made after its last save).
+
+        Advances `step` past it so new decision ids never collide with logged ones.
+
+        Raises:
+          RouterInputError: unknown model, or the id is already pending.
+        """
+        slot = self._slot(model)
+        if decision_id in self.pending:
+            raise RouterInputError(f"decision {decision_id!r} is already pending")
+        self.pending[decision_id] = dict(slot=slot, model=model, step=int(step), query_id=query_id,
+                                         input_tokens=int(input_tokens))
+        self.stats[slot, 0] += 1
+        self.step = max(self.step, int(step) + 1)
 
 
 def _number(x, name: str) -> float:
