@@ -15,6 +15,10 @@ from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import BUNDLED, load_data
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import run_compare
+from bandit_sim.experiments.families import DEFAULT_DATASETS, run_families
+from bandit_sim.experiments.families import headlines as families_headlines
+from bandit_sim.experiments.impact import headlines as impact_headlines
+from bandit_sim.experiments.impact import run_impact
 from bandit_sim.experiments.sweep import parse_range, run_sweep
 from bandit_sim.experiments.token_eval import run_token_eval
 from hierarchical.storage import atomic_write
@@ -97,8 +101,28 @@ def _stage_sweep(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]
     return "sweep/report.md", "λ×γ sweep with Pareto frontier (`bandit-sim sweep`)", heads
 
 
+def _stage_families(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
+    argv = ["families", "--data", ",".join(DEFAULT_DATASETS), "--out", str(out), "--seed", str(seed)]
+    r = run_families(DEFAULT_DATASETS, out, seed=seed, quick=quick, argv=argv + (["--quick"] if quick else []))
+    return ("families/report.md", "model-family correlation: variance components and ICCs (`bandit-sim families`)",
+            families_headlines(r))
+
+
+IMPACT_QUERIES_PER_DAY = 100_000  # the traffic profile of the results/ run (a parameter, not a result)
+
+
+def _stage_impact(out: Path, seed: int, quick: bool) -> tuple[str, str, list[str]]:
+    argv = ["impact", "--data", "routerbench", "--queries-per-day", str(IMPACT_QUERIES_PER_DAY), "--out", str(out),
+            "--seed", str(seed)]
+    r = run_impact("routerbench", out, queries_per_day=IMPACT_QUERIES_PER_DAY, seed=seed, quick=quick,
+                   argv=argv + (["--quick"] if quick else []))
+    return "impact/report.md", "economic impact: projected monthly cost (`bandit-sim impact`)", impact_headlines(r)
+
+
+# impact runs after compare: it reuses compare's token-model fit (same dataset, seed and settings, cached)
 STAGES = (("data", _stage_data), ("tokens", _stage_tokens), ("compare", _stage_compare),
-          ("coldstart", _stage_coldstart), ("sweep", _stage_sweep))
+          ("coldstart", _stage_coldstart), ("sweep", _stage_sweep), ("families", _stage_families),
+          ("impact", _stage_impact))
 
 
 def run_all(out: Path, seed: int = 0, quick: bool = False) -> int:
