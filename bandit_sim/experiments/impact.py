@@ -15,8 +15,8 @@ Two parts:
   replicate and query draws (common random numbers: episode r is the same query order for every router), so
   savings are paired. Deterministic routers may pass R = 1 (or the same row R times).
 - `run_impact(...)`: runs the routers through the compare protocol (`protocol.prepare`, `select_lambda` on the
-  validation split, `run_policy` on the test split with trajectories), turns their choices into per-query cost and
-  quality, measures the live router's per-query latency, and calls `project_monthly`.
+  validation split, `run_policy` on the test split with trajectories; the fixed routers through the kernel's NumPy
+  twin `sim.reference`, which needs no compilation), turns their choices into per-query cost and quality, measures the live router's per-query latency, and calls `project_monthly`.
 
 `compare` can add its report section by calling `project_monthly` with the per-query outcomes of its routers (see
 `outcomes_from_trajectory` for building them from `run_policy(..., trajectories=True)`).
@@ -42,7 +42,9 @@ from bandit_sim.data.loaders import load_data
 from bandit_sim.experiments.protocol import episode_stats, prepare, run_policy, select_lambda
 from bandit_sim.experiments.report import command_line, md_table, savefig, write_json
 from bandit_sim.router.router import Query, Router
+from bandit_sim.sim.policies import default_hyper
 from bandit_sim.sim.priors import warm_prior_from_train
+from bandit_sim.sim.reference import run_reference
 from bandit_sim.sim.token_model import fit_token_model
 from bandit_sim.sim.world import pivot_index
 from hierarchical.predictive import predict
@@ -285,6 +287,27 @@ def _cost_grids(setup, prices: dict | None, token_noise, split: str = "test"):
     return realised, noisy, p
 
 
+def _reference_outcomes(policy: str, world, info, lam: float, gam: float, cost_rep: np.ndarray, seed: int) -> dict:
+    """Per-query outcomes (E, N) of a non-learning router from `sim.reference.run_reference`.
+
+    Deterministic routers choose the same arm for a query whatever the order, so one pass decides every replicate;
+    `random` runs one pass per replicate with its own Generator stream.
+    """
+    e = cost_rep.shape[0]
+    k = world.quality.shape[1]
+    hyper = default_hyper(k, lam=lam, gam=gam)
+    n = world.quality.shape[0]
+    passes = e if policy == "random" else 1
+    arms = np.empty((passes, n), int)
+    for i in range(passes):
+        r = run_reference(policy, world, hyper, np.arange(n), rng=np.random.default_rng([seed, i]))
+        arms[i] = np.asarray(r["arm"])
+    arms = np.broadcast_to(arms, (e, n))
+    rows = np.arange(n)[None, :]
+    return {"cost_usd": np.asarray(cost_rep, np.float64)[np.arange(e)[:, None], rows, arms],
+            "quality": np.asarray(world.quality, np.float64)[rows, arms], "arm": arms}
+
+
 def measure_latency(rd, n_queries: int = 60, seed: int = 0) -> float:
     """Median seconds of one live `Router.route` call (stand-in tokens) after warm-up, on the test prompts."""
     router = Router.from_data(rd, seed=seed)
@@ -334,11 +357,13 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     wv, iv = setup.worlds["val"], setup.infos["val"]
     wt, it = setup.worlds["test"], setup.infos["test"]
     n_test = wt.quality.shape[0]
+    t_prep = time.perf_counter()
     noise = _token_draws(setup, "test", seed, quick, episodes) if tokens == "hierarchical" else None
+    t_draws = time.perf_counter() - t_prep
     realised, noisy, p = _cost_grids(setup, user_prices, noise)
     cost_rep = noisy if noisy.shape[0] == episodes else np.broadcast_to(realised, (episodes, *realised.shape))
     t_sel = time.perf_counter()
-    gam, val_eps = 0.25, (4 if quick else 32)
+    gam, val_eps = 0.25, (4 if quick else 16)
     chosen, outcomes, lam_t = {}, {}, None
     unknown = set(routers) - set(ROUTERS)
     if unknown:
@@ -358,19 +383,24 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
             lam_t = lam if lam_t is None else lam_t
         else:
             lam = 0.3 if lam_t is None else lam_t  # best_single's utility: the Thompson router's lambda (as compare)
-        m, traj = run_policy(wt, it, pol, episodes=episodes, seed=seed, lam=lam, gam=gam, hyper_overrides=over,
-                             trajectories=True)
-        o = outcomes_from_trajectory(traj, wt, it, cost_usd=cost_rep)
-        st = episode_stats(m, it, n_test)
-        if user_prices is None:  # the trajectory's realised cost matches the kernel's own totals
-            tot = outcomes_from_trajectory(traj, wt, it)["cost_usd"].sum(1)
-            if not np.allclose(tot, st.cost_usd, rtol=1e-3):
-                raise AssertionError(f"{key}: per-query costs do not add up to the kernel's episode totals")
+        if tuned:
+            m, traj = run_policy(wt, it, pol, episodes=episodes, seed=seed, lam=lam, gam=gam, hyper_overrides=over,
+                                 trajectories=True)
+            o = outcomes_from_trajectory(traj, wt, it, cost_usd=cost_rep)
+            st = episode_stats(m, it, n_test)
+            if user_prices is None:  # the trajectory's realised cost matches the kernel's own totals
+                tot = outcomes_from_trajectory(traj, wt, it)["cost_usd"].sum(1)
+                if not np.allclose(tot, st.cost_usd, rtol=1e-3):
+                    raise AssertionError(f"{key}: per-query costs do not add up to the kernel's episode totals")
+        else:  # fixed routers through the NumPy twin of the kernel (no compilation; tested equal to the kernel)
+            o = _reference_outcomes(pol, wt, it, lam, gam, cost_rep, seed)
         outcomes[key] = {"cost_usd": o["cost_usd"], "quality": o["quality"],
                          "utilization": np.bincount(o["arm"].ravel(), minlength=len(it.models)) / o["arm"].size}
     t_routers = time.perf_counter() - t_sel
+    t_lat = time.perf_counter()
     lat_s = latency_ms / 1000.0 if latency_ms is not None else measure_latency(rd, n_queries=20 if quick else 60,
                                                                                 seed=seed)
+    t_lat = time.perf_counter() - t_lat
     cats = np.array([it.categories[c] for c in np.asarray(wt.category)])
     proj = project_monthly({k: {"cost_usd": v["cost_usd"], "quality": v["quality"]} for k, v in outcomes.items()},
                            queries_per_day=queries_per_day, days=days, category=cats, mix=mix,
@@ -393,8 +423,8 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
         "latency_ms_per_query": lat_s * 1000.0,
         "latency_source": "given (--latency-ms)" if latency_ms is not None else
         "measured: median of live Router.route calls (stand-in tokens) after warm-up, this machine",
-        "seconds": {"routers": t_routers, "total": time.perf_counter() - t_start,
-                    "token_fit": setup.token_fit.get("fit_seconds")},
+        "seconds": {"prepare": t_prep - t_start, "token_draws": t_draws, "routers": t_routers, "latency": t_lat,
+                    "total": time.perf_counter() - t_start, "token_fit": setup.token_fit.get("fit_seconds")},
         "notes": list(setup.notes) + ([f"routers chose with catalog prices; costs repriced with {prices}"]
                                       if prices else []),
         **proj,
@@ -490,13 +520,20 @@ def _report(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headlines(r: dict) -> list[str]:
-    """The headline lines of an impact metrics dict (`bandit-sim run`'s index and the README quote them)."""
+def headlines(r: dict, with_latency: bool = True) -> list[str]:
+    """The headline lines of an impact metrics dict (`bandit-sim run`'s index and the README quote them).
+
+    Args:
+      r: the metrics dict; with_latency: include the latency-dependent figures (break-even price, latency), which
+        change from run to run with the machine (the README quotes the lines without them).
+    """
     rs = r["routers"]
     prem = rs["always_premium"]
     out = [f"{r['data']} at {r['queries_per_day']:,.0f} queries/day: always-premium (`{r['premium_model']}`) "
            f"{_usd(prem['monthly_cost_usd']['estimate'])}/month, quality {prem['quality']['estimate']:.3f}"]
-    for k, v in rs.items():
+    order = sorted(rs, key=lambda k2: (not ROUTERS.get(k2, ("", {}, False))[2], k2))  # tuned routers first
+    for k in order:
+        v = rs[k]
         s = v.get("vs_always_premium")
         if not s or k == "always_premium":
             continue
@@ -505,8 +542,9 @@ def headlines(r: dict) -> list[str]:
                 f"{_usd(sv['estimate'])} ({s['savings_fraction']['estimate']:.1%}) [{_usd(sv['ci95'][0])}, "
                 f"{_usd(sv['ci95'][1])}] vs always-premium, quality {v['quality']['estimate']:.3f} "
                 f"({s['quality_change']['estimate']:+.3f})")
-        if "break_even_compute_usd_per_hour" in s:
+        if with_latency and "break_even_compute_usd_per_hour" in s:
             line += f"; break-even compute price {s['break_even_compute_usd_per_hour']['estimate']:,.0f} USD/hour"
         out.append(line)
-    out.append(f"routing latency {r['latency_ms_per_query']:.3f} ms/query ({r['latency_source'].split(':')[0]})")
+    if with_latency:
+        out.append(f"routing latency {r['latency_ms_per_query']:.3f} ms/query ({r['latency_source'].split(':')[0]})")
     return out
