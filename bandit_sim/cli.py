@@ -198,7 +198,7 @@ def _cmd_families(args) -> int:
     _positive("boot", args.boot, lo=10)
     _positive("steps", args.steps, lo=10)
     r = run_families(names, Path(args.out), seed=args.seed, max_prompts=args.max_prompts, n_boot=args.boot,
-                     steps=args.steps, quick=args.quick)
+                     steps=args.steps, nuts=args.nuts, quick=args.quick)
     for name, b in r["datasets"].items():
         for oc, o in b["outcomes"].items():
             fb, fa = o["bayes"]["icc_family"], o["anova"]["icc_family"]
@@ -239,6 +239,8 @@ def _add_analysis_subparsers(sub) -> None:
                    help="prompts per dataset (random subset, to keep the fit fast; default 400)")
     f.add_argument("--boot", type=int, default=400, help="bootstrap replicates of the ANOVA estimator (default 400)")
     f.add_argument("--steps", type=int, default=1000, help="SVI steps (default 1000)")
+    f.add_argument("--nuts", action="store_true",
+                   help="also sample the Bayesian model by NUTS (exact posterior, a check of the SVI fit; slower)")
     f.add_argument("--quick", action="store_true", help="small settings (smoke test)")
     f.set_defaults(func=_cmd_families)
 

@@ -49,3 +49,15 @@ def test_impact_figures_match_metrics():
     for r in m["routers"].values():
         lo, hi = r["monthly_cost_usd"]["ci95"]
         assert lo <= r["monthly_cost_usd"]["estimate"] <= hi
+
+
+def test_nuts_cross_check_reading():
+    m = _metrics("families_nuts")
+    for b in m["datasets"].values():
+        for r in b["outcomes"].values():
+            for k in ("share_model", "share_prompt", "share_prompt_family", "share_residual"):  # intervals overlap
+                a, n = r["bayes"][k]["ci95"], r["nuts"][k]["ci95"]
+                assert a[0] <= n[1] and n[0] <= a[1], k
+    ah = m["datasets"]["arenahard"]["outcomes"]["log_tokens"]
+    assert ah["nuts"]["icc_family"]["median"] < ah["bayes"]["icc_family"]["median"]
+    assert ah["nuts"]["icc_family"]["ci95"][0] < ah["bayes"]["icc_family"]["ci95"][0]

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import stats as sps
 
 from hierarchical.variance import (COMPONENTS, VarianceConfig, anova_bootstrap, anova_components, collapsed_loglik,
-                                   fit_variance_svi, simulate_crossed, summaries)
+                                   fit_variance_nuts, fit_variance_svi, simulate_crossed, summaries)
 
 TRUTH = np.array([0.25, 0.15, 0.5, 0.1, 0.4])  # family, model, prompt, prompt x family, residual
 SIZES = [2, 3, 1, 4, 2, 3, 2, 3, 2, 3]  # 10 families, 25 models
@@ -64,3 +64,14 @@ def test_both_estimators_recover_known_iccs():
         assert lo <= truth[k] <= hi, ("bayes", k, lo, truth[k], hi)
         lo, hi = np.percentile(boot["boot_summaries"][k], [2.5, 97.5])
         assert lo <= truth[k] <= hi, ("anova", k, lo, truth[k], hi)
+
+
+def test_nuts_cross_check_covers_the_truth():
+    y, fam = simulate_crossed(60, SIZES, TRUTH, seed=4)
+    p, m = y.shape
+    r = fit_variance_nuts(np.repeat(np.arange(p), m), np.tile(np.arange(m), p), fam, y.ravel(), num_warmup=150,
+                          num_samples=150, seed=0)
+    truth = summaries(TRUTH)
+    for k in ("icc_family", "icc_prompt", "icc_prompt_family", "share_residual"):
+        lo, hi = np.percentile(r["summaries"][k], [2.5, 97.5])
+        assert lo <= truth[k] <= hi, (k, lo, truth[k], hi)

@@ -24,7 +24,8 @@ import pandas as pd
 from bandit_sim.data.loaders import load_data
 from bandit_sim.experiments.report import command_line, md_table, savefig, write_json
 from hierarchical.storage import atomic_write
-from hierarchical.variance import COMPONENTS, SUMMARIES, VarianceConfig, anova_bootstrap, fit_variance_svi
+from hierarchical.variance import (COMPONENTS, SUMMARIES, VarianceConfig, anova_bootstrap, fit_variance_nuts,
+                                   fit_variance_svi)
 
 __all__ = ["run_families", "complete_grid", "headlines", "DEFAULT_DATASETS", "MAX_MODEL_MISSING"]
 
@@ -78,7 +79,8 @@ def _overlap(a: list[float], b: list[float]) -> bool:
     return bool(a[0] <= b[1] and b[0] <= a[1])
 
 
-def analyse_outcome(y: np.ndarray, families: list[str], *, seed: int, n_boot: int, config: VarianceConfig) -> dict:
+def analyse_outcome(y: np.ndarray, families: list[str], *, seed: int, n_boot: int, config: VarianceConfig,
+                    nuts: bool = False) -> dict:
     """Both estimators on one complete table; returns the JSON-ready block of one outcome."""
     labels, fam = np.unique(np.asarray(families), return_inverse=True)
     n_p, n_m = y.shape
@@ -103,6 +105,12 @@ def analyse_outcome(y: np.ndarray, families: list[str], *, seed: int, n_boot: in
         d = bayes["summaries"][k]
         out["bayes"][k] = {"mean": float(np.nanmean(d)), "median": float(np.nanmedian(d)), "ci95": _interval(d)}
         out["anova"][k] = {"estimate": float(boot["summaries"][k]), "ci95": _interval(boot["boot_summaries"][k])}
+    if nuts:  # the exact posterior of the same model, as a check of the SVI guide
+        nu = fit_variance_nuts(pi, mi, fam, y.ravel(), seed=seed)
+        out["nuts"] = {"fit": nu["meta"], "seconds": nu["seconds"]}
+        for k in KEYS:
+            d = nu["summaries"][k]
+            out["nuts"][k] = {"mean": float(np.nanmean(d)), "median": float(np.nanmedian(d)), "ci95": _interval(d)}
     fb, fa = out["bayes"]["icc_family"]["ci95"], out["anova"]["icc_family"]["ci95"]
     agree = _overlap(fb, fa)
     out["family_icc_agreement"] = {
@@ -131,7 +139,7 @@ def _verdict(b: dict, a: dict) -> str:
 
 
 def run_families(datasets, out: Path, *, seed: int = 0, max_prompts: int | None = 400, n_boot: int = 400,
-                 steps: int = 1000, quick: bool = False, argv=None) -> dict:
+                 steps: int = 1000, nuts: bool = False, quick: bool = False, argv=None) -> dict:
     """Variance components of each dataset's outcomes; writes DIR/metrics.json, DIR/report.md, DIR/<data>.png.
 
     Args:
@@ -139,6 +147,7 @@ def run_families(datasets, out: Path, *, seed: int = 0, max_prompts: int | None 
       out: output folder; seed: seed of the subset, the SVI fit and the bootstrap.
       max_prompts: prompts per dataset (random subset; None = all complete prompts).
       n_boot: bootstrap replicates of the ANOVA estimator; steps: SVI steps.
+      nuts: also sample the same Bayesian model by NUTS (exact posterior; a check of the SVI guide, slower).
       quick: small settings (smoke tests).
       argv: the command line to record (default sys.argv).
     Returns:
@@ -165,7 +174,7 @@ def run_families(datasets, out: Path, *, seed: int = 0, max_prompts: int | None 
         block = {"quality_kind": rd.quality_kind, "outcomes": {}, "notes": []}
         for oc in outcomes:
             y, models, fams, notes = complete_grid(rd.table, oc, max_prompts=max_prompts, seed=seed)
-            r = analyse_outcome(y, fams, seed=seed, n_boot=n_boot, config=config)
+            r = analyse_outcome(y, fams, seed=seed, n_boot=n_boot, config=config, nuts=nuts)
             r["notes"] = notes
             block["outcomes"][oc] = r
         block["seconds"] = time.perf_counter() - t0
@@ -189,8 +198,11 @@ def _plot(path: Path, name: str, block: dict) -> None:
     for ax, oc in zip(axes[0], ocs):
         r = block["outcomes"][oc]
         ypos = np.arange(len(keys))
-        for off, est, col, lab in ((-0.15, "bayes", "C0", "Bayesian (SVI)"), (0.15, "anova", "C1", "ANOVA + bootstrap")):
-            mid = [r[est][k]["median" if est == "bayes" else "estimate"] for k in keys]
+        series = [(-0.2, "bayes", "C0", "Bayesian (SVI)"), (0.0, "anova", "C1", "ANOVA + bootstrap")]
+        if "nuts" in r:
+            series.append((0.2, "nuts", "C2", "Bayesian (NUTS)"))
+        for off, est, col, lab in series:
+            mid = [r[est][k]["estimate" if est == "anova" else "median"] for k in keys]
             lo = [r[est][k]["ci95"][0] for k in keys]
             hi = [r[est][k]["ci95"][1] for k in keys]
             ax.errorbar(mid, ypos + off, xerr=[np.maximum(np.subtract(mid, lo), 0), np.maximum(np.subtract(hi, mid), 0)],
@@ -233,8 +245,11 @@ def _report(res: dict) -> str:
             for k in KEYS:
                 b, a = r["bayes"][k], r["anova"][k]
                 rows.append([k, f"{b['median']:.3f} [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]",
-                             f"{a['estimate']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]"])
-            lines.append(md_table(["quantity", "Bayesian median [95% CI]", "ANOVA estimate [95% bootstrap CI]"], rows))
+                             f"{a['estimate']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]"]
+                            + ([f"{r['nuts'][k]['median']:.3f} [{r['nuts'][k]['ci95'][0]:.3f}, "
+                                f"{r['nuts'][k]['ci95'][1]:.3f}]"] if "nuts" in r else []))
+            lines.append(md_table(["quantity", "Bayesian (SVI) median [95% CI]", "ANOVA estimate [95% bootstrap CI]"]
+                                  + (["same model by NUTS, median [95% CI]"] if "nuts" in r else []), rows))
             ag = r["family_icc_agreement"]
             lines += ["", f"- Family ICC, the two estimators: {'agree' if ag['intervals_overlap'] else 'DISAGREE'} "
                           f"({ag['explanation']}).",
@@ -243,8 +258,9 @@ def _report(res: dict) -> str:
                 lines.append(f"- Negative raw ANOVA estimates (truncated at 0 in the shares): "
                              f"{', '.join(r['anova']['negative_raw_estimates'])}.")
             lines += [f"- {n}" for n in r["notes"]]
-            lines += [f"- Fit times: SVI {r['bayes']['seconds']:.1f} s, ANOVA + bootstrap {r['anova']['seconds']:.1f} s.",
-                      ""]
+            lines += [f"- Fit times: SVI {r['bayes']['seconds']:.1f} s, ANOVA + bootstrap {r['anova']['seconds']:.1f} s"
+                      + (f", NUTS {r['nuts']['seconds']:.1f} s ({r['nuts']['fit']['divergences']} divergences)"
+                         if "nuts" in r else "") + ".", ""]
     return "\n".join(lines) + "\n"
 
 
