@@ -23,7 +23,9 @@ ratio of variances (`summaries`):
 Bayesian: the prompt and prompt x family effects are integrated out in closed form (`collapsed_loglik`), so SVI
 works on mu, the family and model effects and the five standard deviations only (y standardised, s_c ~ HalfNormal(1)
 on that scale), with a full-rank AutoMultivariateNormal guide (or low-rank / AutoNormal) and optax Adam with warm-up
-and cosine decay; the summaries' posterior comes from guide draws. Model effects are centred on their family's by
+and cosine decay; the summaries' posterior comes from guide draws. `fit_variance_nuts` samples the same model by
+NUTS: it agrees with SVI on every share except the family's, whose long tail towards 0 (few families) a Gaussian
+guide on log s_family cannot follow. Model effects are centred on their family's by
 default (each model is informed by every prompt it answered); the non-centred form is an option. Why not the plain
 non-centred model with all P x G cell effects latent: with a mean-field or low-rank guide it mis-splits the prompt
 and prompt x family variances and collapses the family variance towards 0 (checked on simulated tables with known

@@ -235,7 +235,10 @@ def _report(res: dict) -> str:
              "when families are few. The bootstrap resamples families as well as prompts: a replicate that draws "
              "a family twice treats the copies as two families, and resampling both factors of a crossed design "
              "overstates the variance (McCullagh 2000), so its intervals are conservative, for every share (the "
-             "total variance moves with the families drawn). A raw ANOVA estimate below 0 is truncated at 0.", ""]
+             "total variance moves with the families drawn). A raw ANOVA estimate below 0 is truncated at 0. "
+             "The SVI guide is Gaussian in log σ: when families are few the family variance's posterior has a long "
+             "tail towards 0 that it cannot follow, so its family ICC median and lower bound are on the high side; "
+             "`bandit-sim families --nuts` adds the exact posterior of the same model (NUTS) as a check.", ""]
     for name, block in res["datasets"].items():
         lines += [f"## {name}", "", f"![{name}]({name}.png)", ""]
         for oc, r in block["outcomes"].items():
