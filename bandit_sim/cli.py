@@ -2,7 +2,7 @@
 
     bandit-sim data describe [--data NAME|PATH] [--json]
     bandit-sim data validate PATH
-    bandit-sim tokens | compare | coldstart | sweep | bench ...
+    bandit-sim tokens | compare | coldstart | sweep | families | impact | bench ...
     bandit-sim run            # the main job on the bundled data: regenerates results/
     bandit-sim serve --config router.toml    # the OpenAI-compatible routing server (docs/serve.md)
 
@@ -30,6 +30,8 @@ from bandit_sim.data.prices import use_prices_file
 from bandit_sim.data.schema import DataValidationError
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import run_compare
+from bandit_sim.experiments.families import DEFAULT_DATASETS, run_families
+from bandit_sim.experiments.impact import DEFAULT_ROUTERS, ROUTERS, parse_mix, run_impact
 from bandit_sim.experiments.pipeline import STAGES, run_all
 from bandit_sim.experiments.sweep import parse_range, run_sweep
 from bandit_sim.experiments.token_eval import PROMPT_METHODS, run_token_eval
@@ -213,6 +215,81 @@ def _cmd_bench(args) -> int:
     return subprocess.run(cmd, check=False).returncode
 
 
+def _cmd_families(args) -> int:
+    names = [n.strip() for n in args.data.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--data: give at least one dataset")
+    _positive("max-prompts", args.max_prompts)
+    _positive("boot", args.boot, lo=10)
+    _positive("steps", args.steps, lo=10)
+    r = run_families(names, Path(args.out), seed=args.seed, max_prompts=args.max_prompts, n_boot=args.boot,
+                     steps=args.steps, nuts=args.nuts, quick=args.quick)
+    for name, b in r["datasets"].items():
+        for oc, o in b["outcomes"].items():
+            fb, fa = o["bayes"]["icc_family"], o["anova"]["icc_family"]
+            print(f"{name} {oc}: family ICC {fb['median']:.3f} [{fb['ci95'][0]:.3f}, {fb['ci95'][1]:.3f}] (Bayesian), "
+                  f"{fa['estimate']:.3f} [{fa['ci95'][0]:.3f}, {fa['ci95'][1]:.3f}] (ANOVA)")
+    print(f"wrote {args.out}/report.md, metrics.json and one plot per dataset")
+    return 0
+
+
+def _cmd_impact(args) -> int:
+    if not args.queries_per_day > 0 or not args.days > 0:
+        raise ValueError("--queries-per-day and --days must be > 0")
+    _positive("episodes", args.episodes)
+    if args.compute_usd_per_hour is not None and args.compute_usd_per_hour < 0:
+        raise ValueError("--compute-usd-per-hour must be >= 0")
+    routers = [r.strip() for r in args.routers.split(",")] if args.routers else list(DEFAULT_ROUTERS)
+    r = run_impact(args.data, Path(args.out), queries_per_day=args.queries_per_day, days=args.days,
+                   mix=parse_mix(args.mix), prices=args.prices, episodes=args.episodes, seed=args.seed,
+                   tokens=args.tokens, latency_ms=args.latency_ms, compute_usd_per_hour=args.compute_usd_per_hour,
+                   quick=args.quick, routers=routers)
+    for k, v in r["routers"].items():
+        c, s = v["monthly_cost_usd"], v.get("vs_always_premium")
+        print(f"{k}: ${c['estimate']:,.2f}/month [{c['ci95'][0]:,.2f}, {c['ci95'][1]:,.2f}]"
+              + (f", saves {s['savings_fraction']['estimate']:.1%} vs always-premium" if s else ""))
+    print(f"wrote {args.out}/report.md, metrics.json, monthly_cost.png")
+    return 0
+
+
+def _add_analysis_subparsers(sub) -> None:
+    """Register `families` (variance components / ICCs) and `impact` (monthly cost projection)."""
+    f = sub.add_parser("families", help="how much a model's family tells about its behaviour: variance components "
+                                        "and ICCs (Bayesian SVI and ANOVA)")
+    f.add_argument("--data", default=",".join(DEFAULT_DATASETS),
+                   help="dataset(s), comma-separated (default: %(default)s); " + DATA_HELP)
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--max-prompts", type=int, default=400,
+                   help="prompts per dataset (random subset, to keep the fit fast; default 400)")
+    f.add_argument("--boot", type=int, default=400, help="bootstrap replicates of the ANOVA estimator (default 400)")
+    f.add_argument("--steps", type=int, default=1000, help="SVI steps (default 1000)")
+    f.add_argument("--nuts", action="store_true",
+                   help="also sample the Bayesian model by NUTS (exact posterior, a check of the SVI fit; slower)")
+    f.add_argument("--quick", action="store_true", help="small settings (smoke test)")
+    f.set_defaults(func=_cmd_families)
+
+    i = sub.add_parser("impact", help="projected monthly cost and quality of each router at your traffic, "
+                                      "savings and break-even compute price")
+    i.add_argument("--data", default="routerbench", help=DATA_HELP)
+    i.add_argument("--queries-per-day", type=float, required=True, help="traffic volume")
+    i.add_argument("--days", type=float, default=30.0, help="days per month (default 30)")
+    i.add_argument("--mix", help="query mix CATEGORY=SHARE,... (default: the test split's own mix)")
+    i.add_argument("--prices", help="your prices: CSV (model,input,output) or JSON {model: [input, output]}, "
+                                    "USD per 1M tokens (default: the dataset's costs / the catalog)")
+    i.add_argument("--out", required=True, help="output folder")
+    i.add_argument("--episodes", type=int, default=64, help="test episodes per router (default 64)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--tokens", choices=("hierarchical", "standin"), default="hierarchical")
+    i.add_argument("--latency-ms", type=float, help="routing overhead per query (default: measured)")
+    i.add_argument("--compute-usd-per-hour", type=float,
+                   help="your compute price for the routing overhead (default: report break-even prices only)")
+    i.add_argument("--routers", help="comma-separated subset of: " + ", ".join(ROUTERS)
+                                     + " (default: " + ", ".join(DEFAULT_ROUTERS) + ")")
+    i.add_argument("--quick", action="store_true", help="small settings (smoke test)")
+    i.set_defaults(func=_cmd_impact)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of `bandit-sim` (subcommands registered here)."""
     p = argparse.ArgumentParser(
@@ -245,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tokens_subparser(sub)
     _add_experiment_subparsers(sub)
+    _add_analysis_subparsers(sub)
     b = sub.add_parser("bench", help="throughput of the JAX routing kernel vs NumPy and MABWiser "
                                      "(runs `python -m benchmarks.bench_kernel`)")
     b.add_argument("--out", default="results/bench", help="output folder (default results/bench)")

@@ -17,6 +17,10 @@ from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import BUNDLED, load_data
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import run_compare
+from bandit_sim.experiments.families import DEFAULT_DATASETS, run_families
+from bandit_sim.experiments.families import headlines as families_headlines
+from bandit_sim.experiments.impact import headlines as impact_headlines
+from bandit_sim.experiments.impact import run_impact
 from bandit_sim.experiments.sweep import parse_range, run_sweep
 from bandit_sim.experiments.token_eval import run_token_eval
 from hierarchical.storage import atomic_write
@@ -124,6 +128,25 @@ def _heads_data(d: dict) -> list[str]:
     return [f"{n}: {x['n_prompts']} prompts x {x['n_models']} models ({x['quality_kind']})" for n, x in d.items()]
 
 
+def _stage_families(out: Path, seed: int, quick: bool) -> None:
+    argv = ["families", "--data", ",".join(DEFAULT_DATASETS), "--out", str(out), "--seed", str(seed)]
+    run_families(DEFAULT_DATASETS, out, seed=seed, quick=quick, argv=argv + (["--quick"] if quick else []))
+
+
+IMPACT_QUERIES_PER_DAY = 100_000  # the traffic profile of the results/ run (a parameter, not a result)
+
+
+def _stage_impact(out: Path, seed: int, quick: bool) -> None:
+    argv = ["impact", "--data", "routerbench", "--queries-per-day", str(IMPACT_QUERIES_PER_DAY), "--out", str(out),
+            "--seed", str(seed)]
+    run_impact("routerbench", out, queries_per_day=IMPACT_QUERIES_PER_DAY, seed=seed, quick=quick,
+               argv=argv + (["--quick"] if quick else []))
+
+
+def _heads_impact(r: dict) -> list[str]:
+    return impact_headlines(r)
+
+
 class Stage(NamedTuple):
     name: str  # folder under results/
     what: str  # the index line
@@ -148,6 +171,10 @@ STAGES = (
           "report.md", "metrics.json", _stage_coldstart("arenabench"), _heads_coldstart),
     Stage("sweep", "λ×γ sweep with Pareto frontier (`bandit-sim sweep`)", "report.md", "metrics.json", _stage_sweep,
           _heads_sweep),
+    Stage("families", "model-family correlation: variance components and ICCs (`bandit-sim families`)", "report.md",
+          "metrics.json", _stage_families, families_headlines),
+    Stage("impact", "economic impact: projected monthly cost (`bandit-sim impact`)", "report.md", "metrics.json",
+          _stage_impact, _heads_impact),
 )
 
 

@@ -1,0 +1,121 @@
+"""Economic impact (bandit_sim/experiments/impact.py): the monthly projection against closed forms, and the
+`impact` command end to end on a synthetic table where every call to model k costs exactly c_k."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bandit_sim.cli import main
+from bandit_sim.experiments.impact import parse_mix, project_monthly, read_prices
+
+COSTS = {"m-cheap": 0.001, "m-mid": 0.004, "m-premium": 0.02}  # USD per call, whatever the query
+
+
+def test_projection_closed_form_with_shares():
+    rng = np.random.default_rng(0)
+    c = np.array(list(COSTS.values()))
+    n, r = 300, 16
+    arms = rng.integers(0, 3, (r, n))
+    outcomes = {"always_premium": {"cost_usd": np.full((1, n), c[2]), "quality": np.ones((1, n))},
+                "mixed": {"cost_usd": c[arms], "quality": (arms > 0).astype(float)}}
+    p = project_monthly(outcomes, queries_per_day=100_000, days=30, n_boot=500, seed=1)
+    share = np.bincount(arms.ravel(), minlength=3) / arms.size
+    prem = p["routers"]["always_premium"]
+    assert prem["monthly_cost_usd"]["estimate"] == pytest.approx(30 * 100_000 * c[2], rel=1e-12)
+    assert prem["monthly_cost_usd"]["ci95"] == pytest.approx([30 * 100_000 * c[2]] * 2, rel=1e-12)
+    m = p["routers"]["mixed"]
+    assert m["monthly_cost_usd"]["estimate"] == pytest.approx(30 * 100_000 * (share * c).sum(), rel=1e-12)
+    lo, hi = m["monthly_cost_usd"]["ci95"]
+    assert lo < m["monthly_cost_usd"]["estimate"] < hi
+    sv = m["vs_always_premium"]
+    assert sv["savings_usd_per_month"]["estimate"] == pytest.approx(30 * 100_000 * (c[2] - (share * c).sum()))
+    assert sv["savings_fraction"]["estimate"] == pytest.approx(1 - (share * c).sum() / c[2])
+    assert m["quality"]["estimate"] == pytest.approx(share[1:].sum())
+
+
+def test_projection_user_mix_and_break_even():
+    n = 200
+    cat = np.array(["a"] * 150 + ["b"] * 50)
+    cost = np.where(cat == "a", 0.001, 0.01)[None, :]  # the router pays 0.001 on a, 0.01 on b
+    outcomes = {"always_premium": {"cost_usd": np.full((1, n), 0.02), "quality": np.ones((1, n))},
+                "router": {"cost_usd": cost, "quality": np.ones((1, n))}}
+    p = project_monthly(outcomes, queries_per_day=1000, days=30, category=cat, mix=parse_mix("a=1,b=3"),
+                        latency_s=0.002, compute_usd_per_hour=3.6, n_boot=200)
+    per_q = 0.25 * 0.001 + 0.75 * 0.01
+    r = p["routers"]["router"]
+    assert r["monthly_cost_usd"]["estimate"] == pytest.approx(30_000 * per_q)
+    s = r["vs_always_premium"]
+    # break-even price: saving per query / latency, per hour
+    assert s["break_even_compute_usd_per_hour"]["estimate"] == pytest.approx((0.02 - per_q) / 0.002 * 3600)
+    over = 0.002 * 3.6 / 3600  # overhead per query at 3.6 USD/hour
+    assert s["net_savings_usd_per_month"]["estimate"] == pytest.approx(30_000 * (0.02 - per_q - over))
+    assert s["routing_pays"]
+    with pytest.raises(ValueError, match="absent"):
+        project_monthly(outcomes, queries_per_day=1, category=cat, mix={"zzz": 1.0})
+
+
+def test_read_prices(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("model,input,output\nm-a,1.0,2.0\n")
+    assert read_prices(f)["m-a"] == pytest.approx((1e-6, 2e-6))
+    j = tmp_path / "p.json"
+    j.write_text(json.dumps({"m-b": [3, 4]}))
+    assert read_prices(j)["m-b"] == pytest.approx((3e-6, 4e-6))
+
+
+def _constant_cost_table(n_prompts: int = 150, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_prompts):
+        cat = "x" if i % 3 else "y"
+        for j, (m, c) in enumerate(COSTS.items()):
+            rows.append({"prompt_id": f"q{i}", "model": m, "family": f"F{j}", "category": cat,
+                         "quality": float(rng.uniform() < 0.4 + 0.2 * j), "output_tokens": 10 * (j + 1),
+                         "input_tokens": 20, "cost_usd": c, "prompt": f"question {i}", "order": i})
+    return pd.DataFrame(rows)
+
+
+def test_impact_command_on_a_world_with_known_costs(tmp_path):
+    path = tmp_path / "world.csv"
+    _constant_cost_table().to_csv(path, index=False)
+    out = tmp_path / "impact"
+    rc = main(["impact", "--data", str(path), "--queries-per-day", "1000", "--out", str(out), "--tokens", "standin",
+               "--latency-ms", "0.5", "--quick", "--routers", "always_premium,cheapest,random"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "Made by `bandit-sim " in (out / "report.md").read_text()
+    assert (out / "monthly_cost.png").exists()
+    r = m["routers"]
+    models = m["models"]
+    c = np.array([COSTS[x] for x in models])
+    assert m["premium_model"] == "m-premium"
+    assert r["always_premium"]["monthly_cost_usd"]["estimate"] == pytest.approx(30 * 1000 * 0.02, rel=1e-5)
+    assert r["cheapest"]["monthly_cost_usd"]["estimate"] == pytest.approx(30 * 1000 * 0.001, rel=1e-5)
+    for k in ("always_premium", "cheapest", "random"):  # monthly = 30 x volume x sum_k share_k c_k
+        share = np.array([r[k]["utilization"][x] for x in models])
+        assert r[k]["monthly_cost_usd"]["estimate"] == pytest.approx(30 * 1000 * (share * c).sum(), rel=1e-5)
+    assert r["cheapest"]["vs_always_premium"]["savings_fraction"]["estimate"] == pytest.approx(1 - 0.001 / 0.02,
+                                                                                             rel=1e-5)
+    assert r["random"]["vs_always_premium"]["break_even_compute_usd_per_hour"]["estimate"] > 0
+
+
+def test_families_command_quick(tmp_path):
+    out = tmp_path / "families"
+    assert main(["families", "--data", "arenabench", "--out", str(out), "--quick"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    block = m["datasets"]["arenabench"]["outcomes"]
+    assert set(block) == {"log_tokens", "quality"}
+    for r in block.values():
+        for est in ("bayes", "anova"):
+            for k in ("icc_family", "share_prompt", "share_residual", "family_beyond_prompt"):
+                lo, hi = r[est][k]["ci95"]
+                assert 0.0 <= lo <= hi <= 1.0
+        shares = sum(r["anova"][f"share_{c}"]["estimate"] for c in ("family", "model", "prompt", "prompt_family",
+                                                                    "residual"))
+        assert shares == pytest.approx(1.0)
+        assert isinstance(r["family_icc_agreement"]["intervals_overlap"], bool)
+    assert (out / "arenabench.png").exists() and "Made by `bandit-sim " in (out / "report.md").read_text()
