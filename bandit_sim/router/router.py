@@ -97,14 +97,15 @@ def _policy_world(family: jax.Array, prices: jax.Array) -> World:
     z = jnp.zeros((1, c), jnp.float32)
     return World(quality=z, out_tokens=z, cost=z, pred_cost=z, pred_unc=z, features=jnp.zeros((1, 1), jnp.float32),
                  category=jnp.zeros((1,), jnp.int32), family=family, arrival_step=jnp.zeros((c,), jnp.int32),
-                 mask=jnp.ones((1, c), bool), prices=prices)
+                 mask=jnp.ones((1, c), bool), prices=prices, x=jnp.ones((1, 1), jnp.float32))
 
 
-def _ctx(t, avail, pred_cost, pred_unc):
+def _ctx(t, avail, pred_cost, pred_unc, x=None):
     c = avail.shape[0]
     z = jnp.zeros((c,), jnp.float32)
+    x = jnp.ones((1,), jnp.float32) if x is None else x
     return Context(t=t, avail=avail, pred_cost=pred_cost, pred_unc=pred_unc, features=jnp.zeros((1,), jnp.float32),
-                   category=jnp.int32(0), quality=z, cost=z)
+                   category=jnp.int32(0), quality=z, cost=z, x=x)
 
 
 @partial(jax.jit, static_argnames=("policy", "options", "chunk"))
@@ -619,7 +620,8 @@ def _router_to_state(r) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 def _restore(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, path):
     cap = int(meta["capacity"])
     state_file.need(arrays, ["state/n", "state/s", "state/s_comp", "state/prior_a", "state/prior_b", "family", "prices",
-                   "stats", "totals", "key/noise", "key/fallback"] + [f"hyper/{f}" for f in Hyper._fields], path)
+                   "stats", "totals", "key/noise", "key/fallback"]
+                   + [f"hyper/{f}" for f in Hyper._fields if not f.startswith("lin_")], path)
     shapes = {"state/n": (1, cap), "state/s": (1, cap), "state/s_comp": (1, cap), "state/prior_a": (1, cap),
               "state/prior_b": (1, cap), "family": (cap,), "prices": (cap, 2), "stats": (cap, 5),
               "totals": (3,)}
@@ -646,7 +648,10 @@ def _restore(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, path):
     r._prices = arrays["prices"].astype(np.float64)
     r._family = arrays["family"].astype(np.int32)
     r._dev_cache = None
-    r.hyper = Hyper(**{f: jnp.asarray(arrays[f"hyper/{f}"], jnp.float32) for f in Hyper._fields})
+    # files from before the linear routers lack hyper/lin_*: their (unused) defaults
+    dflt = default_hyper(cap)
+    r.hyper = Hyper(**{f: jnp.asarray(arrays[f"hyper/{f}"] if f"hyper/{f}" in arrays else getattr(dflt, f), jnp.float32)
+                       for f in Hyper._fields})
     r._k_noise = jax.random.wrap_key_data(arrays["key/noise"])
     r._k_fb = jax.random.wrap_key_data(arrays["key/fallback"])
     r.step = int(meta["step"])
