@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bandit_sim.sim import formulas
+from bandit_sim.sim import batched_linear, formulas
 from bandit_sim.sim.episode import hyper_grid
 from bandit_sim.sim.linear import (batch_posterior, flat_linear_prior, linear_prior, linear_world_truth,
                                    with_linear_prior)
@@ -183,3 +183,33 @@ def test_family_prior_beats_flat_prior_for_a_newcomer():
     diff = regret["cold"] - regret["family"]
     assert regret["family"].mean() < 0.5 * regret["cold"].mean()
     assert stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue < 0.01
+
+
+def _both(world, hyper, **kw):
+    key = jax.random.key(kw.pop("seed", 0))
+    fast, _ = simulate(world, key, hyper, policy="linear_thompson", impl="batched", **kw)
+    slow, _ = simulate(world, key, hyper, policy="linear_thompson", impl="generic", **kw)
+    np.testing.assert_array_equal(np.asarray(fast.choices), np.asarray(slow.choices))
+    for name in ("reward", "quality", "cost", "regret"):
+        np.testing.assert_allclose(np.asarray(getattr(fast, name)), np.asarray(getattr(slow, name)), rtol=1e-5,
+                                   atol=1e-4, err_msg=name)
+    np.testing.assert_array_equal(np.asarray(fast.convergence), np.asarray(slow.convergence))
+    return fast
+
+
+def test_batched_path_same_episodes_as_generic(lin_world):
+    h = _lin_hyper(lin_world)
+    # a remainder chunk; 70 episodes run as 5 blocks of 14 (batched_linear.block_size)
+    fast = _both(lin_world, h, episodes=12, steps=37, chunk=8)
+    assert np.asarray(fast.choices).sum() == 12 * 37
+    _both(lin_world, h, episodes=70, steps=60, chunk=25, reward="bernoulli", seed=3)
+    g = hyper_grid(h, lam=[0.0, 0.5], gam=[0.0, 0.3])
+    assert _both(lin_world, g, episodes=6, steps=40, chunk=10).choices.shape == (4, 6, K)
+
+
+def test_batched_dispatch(lin_world):
+    assert batched_linear.serves(linear_thompson, {}, False)
+    assert not batched_linear.serves(linear_thompson, {}, True)
+    assert not batched_linear.serves(REGISTRY["linucb"], {}, False)
+    with pytest.raises(ValueError, match="impl='batched' runs the Thompson"):
+        simulate(lin_world, jax.random.key(0), _lin_hyper(lin_world), policy="linucb", impl="batched")

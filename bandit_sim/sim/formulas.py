@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 __all__ = ["utility", "explore_rate", "hindsight_mean", "donor_weights", "pseudo_count_prior", "family_prior", "Accumulators",
            "init_accumulators", "observe", "convergence", "kahan_add", "argmax_first",
-           "linear_moments", "linear_draw", "linear_update"]
+           "linear_moments", "linear_draw", "linear_update", "linear_step"]
 
 
 def kahan_add(s, comp, x):
@@ -174,14 +174,17 @@ def convergence(acc: Accumulators, steps: int):
 def linear_moments(x, mean, cov):
     """Mean x'm_k and variance x'S_k x of the scalar x'w_k for every arm k (w_k ~ N(m_k, S_k)).
 
+    Leading axes (episodes) broadcast; the products are matrix-vector contractions (`einsum`), which XLA:CPU runs
+    several times faster than the same sums written elementwise (measured at K = 11, D = 33).
+
     Args:
-      x: (D, *E) features. mean: (K, D, *E). cov: (K, D, D, *E) (symmetric). *E: any trailing (episode) axes.
+      x: (*E, D) features. mean: (*E, K, D). cov: (*E, K, D, D) (symmetric). *E: any leading (episode) axes.
     Returns:
-      (m (K, *E), v (K, *E) clamped at >= 0, sx (K, D, *E) = S_k x).
+      (m (*E, K), v (*E, K) clamped at >= 0, sx (*E, K, D) = S_k x).
     """
-    m = jnp.sum(mean * x[None], 1)
-    sx = jnp.sum(cov * x[None, None], 2)
-    v = jnp.maximum(jnp.sum(sx * x[None], 1), 0.0)
+    m = jnp.einsum("...kd,...d->...k", mean, x)
+    sx = jnp.einsum("...kij,...j->...ki", cov, x)
+    v = jnp.maximum(jnp.einsum("...ki,...i->...k", sx, x), 0.0)
     return m, v, sx
 
 
@@ -198,11 +201,15 @@ def linear_update(mean_a, cov_a, x, r, noise):
     increments, so a caller adds them to the chosen arm only (`.at[arm].add`).
 
     Args:
-      mean_a: (D, *E). cov_a: (D, D, *E). x: (D, *E). r: (*E) reward. noise: (*E) or () variance.
+      mean_a: (*E, D). cov_a: (*E, D, D). x: (*E, D). r: (*E) reward. noise: (*E) or () variance.
     Returns:
-      (d_mean (D, *E), d_cov (D, D, *E)).
+      (d_mean (*E, D), d_cov (*E, D, D)).
     """
-    sx = jnp.sum(cov_a * x[None], 1)
-    s = noise + jnp.sum(sx * x, 0)
-    resid = r - jnp.sum(mean_a * x, 0)
-    return sx * (resid / s)[None], -(sx[:, None] * sx[None, :]) / s[None, None]
+    return linear_step(jnp.einsum("...ij,...j->...i", cov_a, x), mean_a, x, r, noise)
+
+
+def linear_step(sx, mean_a, x, r, noise):
+    """`linear_update` given sx = S_a x (e.g. the chosen arm's row of `linear_moments`' sx, computed once per step)."""
+    s = noise + jnp.sum(sx * x, -1)
+    resid = r - jnp.sum(mean_a * x, -1)
+    return sx * (resid / s)[..., None], -(sx[..., :, None] * sx[..., None, :]) / s[..., None, None]
