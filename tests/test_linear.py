@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from bandit_sim.data.loaders import load_data
+from bandit_sim.data.text_features import TextFeaturizer, transform_table
 from bandit_sim.sim import batched_linear, formulas
 from bandit_sim.sim.episode import hyper_grid
-from bandit_sim.sim.linear import (batch_posterior, flat_linear_prior, linear_prior, linear_world_truth,
+from bandit_sim.sim.linear import (batch_posterior, flat_linear_prior, linear_prior, linear_world_truth, train_rows,
                                    with_linear_prior)
 from bandit_sim.sim.policies import REGISTRY, Context, default_hyper, linear_thompson
 from bandit_sim.sim.reference import run_reference
@@ -213,3 +215,17 @@ def test_batched_dispatch(lin_world):
     assert not batched_linear.serves(REGISTRY["linucb"], {}, False)
     with pytest.raises(ValueError, match="impl='batched' runs the Thompson"):
         simulate(lin_world, jax.random.key(0), _lin_hyper(lin_world), policy="linucb", impl="batched")
+
+
+def test_train_rows_from_a_table():
+    rd = load_data("routerbench")
+    train = rd.split("train")
+    train = train[train["prompt_id"].isin(train["prompt_id"].drop_duplicates().iloc[:80])]
+    feat = TextFeaturizer.fit(train.drop_duplicates("prompt_id")["prompt"].astype(str), d=4, n_hash=2 ** 10)
+    models = sorted(train["model"].unique())[:4] + ["a-newcomer"]
+    rows = train_rows(train, models, feat, {"a-newcomer": "newfam"})
+    assert rows.x.shape == (len(rows.quality), 5) and np.all(rows.x[:, 0] == 1.0)
+    assert set(rows.arm.tolist()) == {0, 1, 2, 3} and len(rows.quality) == 4 * 80
+    assert rows.families[rows.family_of_arm[4]] == "newfam"
+    pid = train[train["model"] == models[2]]["prompt_id"].iloc[5]
+    np.testing.assert_array_equal(rows.x[rows.arm == 2][5], transform_table(feat, train, [pid])[0])

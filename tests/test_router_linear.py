@@ -142,3 +142,12 @@ def test_user_features_through_query(rd, small):
         router.route(Query("bad", features=[0.1, float("nan"), 0.0, 1.0]))
     with pytest.raises(RouterInputError, match="expected 4|ragged"):
         router.route(Query("short", features=[0.1, 0.2]))
+
+
+@pytest.mark.slow
+def test_from_data_fits_the_hierarchical_priors(rd):
+    router = Router.from_data(rd, policy="linear_thompson", warm=True)
+    assert router.featurizer.kind == "text" and router.featurizer.dim == 33
+    d = router.route("What is 2 + 2?")
+    router.observe(d, quality=1.0, output_tokens=3)
+    assert set(router.family_linear_priors) == set(rd.split("train")["family"].unique())

@@ -36,24 +36,21 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
 from bandit_sim.data.catalog import family_of, price_of
-from bandit_sim.data.text_features import (BiasOnly, check_feature_rows, featurizer_for_table, featurizer_from_arrays,
-                                           transform_table)
+from bandit_sim.data.text_features import BiasOnly, check_feature_rows, featurizer_for_table, featurizer_from_arrays
 from bandit_sim.data.features import prompt_features
 from bandit_sim.data.tokens import count_tokens
 from bandit_sim.router import state as state_file
 from bandit_sim.router.tokens import StandInTokens, tokens_from_state
 from bandit_sim.sim import formulas
 from bandit_sim.sim.episode import episode_keys
-from bandit_sim.sim.linear import linear_prior
+from bandit_sim.sim.linear import fit_linear, linear_prior, train_rows
 from bandit_sim.sim.policies import (BetaState, Context, Hyper, LinState, default_hyper, epsilon_greedy, linear_thompson,
                                      make_policy, policy_name, resolve_policy, simple_utility, thompson)
 from bandit_sim.sim.priors import family_prior_from_train
 from bandit_sim.sim.world import World, pivot_index
 from hierarchical.features import query_features
-from hierarchical.quality import fit_quality
 
 __all__ = ["Router", "Decision", "Query", "RouterInputError", "TRACE_COUNT", "ROUTER_POLICIES"]
 
@@ -652,23 +649,18 @@ def _linear_setup(rd, models: list[str], families: dict[str, str], featurizer, f
     out = dict(featurizer=featurizer)
     if isinstance(fit, str) and fit == "flat":
         return out
-    train = train[train["model"].isin(models) & train["quality"].notna()]
-    ids = list(pd.unique(train["prompt_id"]))
-    x_rows = transform_table(featurizer, train, ids)[train["prompt_id"].map({p: i for i, p in enumerate(ids)})]
-    fams = sorted({families.get(m) or family_of(m) for m in models})
-    arm = train["model"].map({m: j for j, m in enumerate(models)}).to_numpy()
-    fam_of_arm = np.array([fams.index(families.get(m) or family_of(m)) for m in models])
-    q = train["quality"].to_numpy(np.float64)
+    rows = train_rows(train, models, featurizer, {m: families.get(m) or family_of(m) for m in models})
     if fit is None:
-        fit = fit_quality(x_rows, arm, fam_of_arm, q, n_families=len(fams))
+        fit = fit_linear(rows)
     if np.shape(fit.w_global)[0] != featurizer.dim:
         raise ValueError(f"Router.from_data: linear_fit has {np.shape(fit.w_global)[0]} weights, the featurizer "
                          f"gives {featurizer.dim} features")
-    per_fam = linear_prior(fit, np.arange(len(fams)), "family")
+    per_fam = linear_prior(fit, np.arange(len(rows.families)), "family")
     glob = linear_prior(fit, np.array([-1]), "cold")
-    kind = dict(x=x_rows, quality=q, arm=arm) if warm else {}
-    per_model = linear_prior(fit, fam_of_arm, "warm" if warm else "family", **kind)
-    out.update(family_linear_priors={f: (per_fam.mean[j], per_fam.cov[j], per_fam.noise[j]) for j, f in enumerate(fams)},
+    kind = dict(x=rows.x, quality=rows.quality, arm=rows.arm) if warm else {}
+    per_model = linear_prior(fit, rows.family_of_arm, "warm" if warm else "family", **kind)
+    out.update(family_linear_priors={f: (per_fam.mean[j], per_fam.cov[j], per_fam.noise[j])
+                                     for j, f in enumerate(rows.families)},
                global_linear_prior=(glob.mean[0], glob.cov[0], glob.noise[0]),
                linear_priors={m: (per_model.mean[j], per_model.cov[j], per_model.noise[j])
                               for j, m in enumerate(models)})

@@ -10,21 +10,68 @@ w_k ~ N(w_family(k), tau_family^2 I), w_family ~ N(w_global, tau_global^2 I) fit
 - ``"warm"``: the exact conjugate posterior after the arm's own training rows, starting from its family prior
   (`batch_posterior`); an arm with no training rows (a newcomer) starts from ``newcomer`` ("family" or "cold").
 
+From a tidy table: `train_rows(train, models, featurizer)` gives the training rows' features, quality and arm (and
+the families), `fit_linear(rows)` the hierarchical fit; then `linear_prior(fit, rows.family_of_arm, kind, x=rows.x,
+quality=rows.quality, arm=rows.arm)` and `with_linear_prior(hyper, prior)`.
+
 `flat_linear_prior` is the prior-free default (w_k ~ N(0, var I)): LinUCB's ridge regression with var = noise = 1.
 Everything here is NumPy float64 on the host, returned as float32 (Hyper is float32).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
+from bandit_sim.data.text_features import transform_table
 from bandit_sim.sim.policies import Hyper
+from hierarchical.quality import QualityConfig, QualityFit, fit_quality
 
 __all__ = ["LinearPrior", "linear_prior", "flat_linear_prior", "batch_posterior", "with_linear_prior",
-           "linear_world_truth"]
+           "linear_world_truth", "TrainRows", "train_rows", "fit_linear"]
+
+
+class TrainRows(NamedTuple):
+    """A training split as the linear routers see it: one row per observed (prompt, model)."""
+
+    x: np.ndarray  # (n, D) float32 query features of the row's prompt
+    quality: np.ndarray  # (n,) float64
+    arm: np.ndarray  # (n,) int index into `models`
+    family_of_arm: np.ndarray  # (K,) int index into `families`
+    families: tuple[str, ...]  # family names (sorted)
+
+
+def train_rows(train: pd.DataFrame, models: Sequence[str], featurizer,
+               families: Mapping[str, str] | None = None) -> TrainRows:
+    """The training rows of `models` with their features (a featurizer of `bandit_sim.data.text_features`).
+
+    Args:
+      train: tidy rows of the training split (prompt_id, model, quality, family, prompt / features).
+      models: the arms, in World order (models without training rows get none: newcomers).
+      featurizer: fit on `train` (`featurizer_for_table`).
+      families: model -> family name (default: the table's ``family`` column).
+    Returns:
+      TrainRows.
+    """
+    models = list(models)
+    fam_col = train.groupby("model")["family"].first().to_dict() if "family" in train.columns else {}
+    fam_of = {m: str((families or {}).get(m) or fam_col.get(m) or m) for m in models}
+    fams = tuple(sorted(set(fam_of.values())))
+    t = train[train["model"].isin(models) & train["quality"].notna()]
+    ids = list(pd.unique(t["prompt_id"]))
+    x = transform_table(featurizer, t, ids) if ids else np.zeros((0, featurizer.dim), np.float32)
+    x_rows = x[t["prompt_id"].map({p: i for i, p in enumerate(ids)}).to_numpy(int)] if ids else x
+    return TrainRows(x_rows, t["quality"].to_numpy(np.float64), t["model"].map({m: j for j, m in enumerate(models)})
+                     .to_numpy(int), np.array([fams.index(fam_of[m]) for m in models]), fams)
+
+
+def fit_linear(rows: TrainRows, config: QualityConfig = QualityConfig(), seed: int = 0) -> QualityFit:
+    """The hierarchical quality fit (`hierarchical.quality.fit_quality`, SVI) on training rows."""
+    return fit_quality(rows.x, rows.arm, rows.family_of_arm, rows.quality, n_families=len(rows.families),
+                       config=config, seed=seed)
 
 
 class LinearPrior(NamedTuple):
