@@ -201,11 +201,15 @@ def _both(world, hyper, **kw):
 
 def test_batched_path_same_episodes_as_generic(lin_world):
     h = _lin_hyper(lin_world)
-    # a remainder chunk; 70 episodes run as 5 blocks of 14 (batched_linear.block_size)
-    fast = _both(lin_world, h, episodes=12, steps=37, chunk=8)
-    assert np.asarray(fast.choices).sum() == 12 * 37
-    _both(lin_world, h, episodes=70, steps=60, chunk=25, reward="bernoulli", seed=3)
-    g = hyper_grid(h, lam=[0.0, 0.5], gam=[0.0, 0.3])
+    # a remainder chunk, Bernoulli rewards; 40 episodes run as 2 blocks of 20 (batched_linear.block_size)
+    assert batched_linear.block_size(40) == 20
+    fast = _both(lin_world, h, episodes=40, steps=37, chunk=8, reward="bernoulli", seed=3)
+    assert np.asarray(fast.choices).sum() == 40 * 37
+
+
+@pytest.mark.slow
+def test_batched_path_grid_same_as_generic(lin_world):
+    g = hyper_grid(_lin_hyper(lin_world), lam=[0.0, 0.5], gam=[0.0, 0.3])
     assert _both(lin_world, g, episodes=6, steps=40, chunk=10).choices.shape == (4, 6, K)
 
 
