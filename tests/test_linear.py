@@ -12,8 +12,8 @@ from bandit_sim.data.loaders import load_data
 from bandit_sim.data.text_features import TextFeaturizer, transform_table
 from bandit_sim.sim import batched_linear, formulas
 from bandit_sim.sim.episode import hyper_grid
-from bandit_sim.sim.linear import (batch_posterior, flat_linear_prior, linear_prior, linear_world_truth, train_rows,
-                                   with_linear_prior)
+from bandit_sim.sim.linear import (batch_posterior, flat_linear_prior, linear_posterior, linear_prior,
+                                   linear_world_truth, train_rows, with_linear_prior)
 from bandit_sim.sim.policies import REGISTRY, Context, default_hyper, linear_thompson
 from bandit_sim.sim.reference import run_reference
 from bandit_sim.sim.simulate import TRACE_COUNT, simulate
@@ -156,6 +156,13 @@ def test_linear_prior_kinds():
     cold_new = linear_prior(fit, fam, "warm", x=tr["x"], quality=q, arm=arm, newcomer="cold")
     np.testing.assert_array_equal(cold_new.mean[3], cold.mean[3])
     assert np.abs(warm.mean[:3] - tr["w"][:3]).max() < 0.05  # the training rows pin the weights down
+    # LinUCB's ridge regression: the flat N(0, I) prior with unit noise, then the rows: A^-1 b and A^-1
+    ridge = linear_posterior(flat_linear_prior(4, D, 1.0, 1.0), tr["x"], q, arm)
+    xa, qa = tr["x"][arm == 2].astype(np.float64), q[arm == 2]
+    a_inv = np.linalg.inv(np.eye(D) + xa.T @ xa)
+    np.testing.assert_allclose(ridge.mean[2], a_inv @ xa.T @ qa, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ridge.cov[2], a_inv, rtol=1e-4, atol=1e-8)
+    np.testing.assert_array_equal(ridge.mean[3], 0.0)
     with pytest.raises(ValueError, match="kind must be"):
         linear_prior(fit, fam, "hot")
 

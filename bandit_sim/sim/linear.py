@@ -30,7 +30,7 @@ from bandit_sim.data.text_features import transform_table
 from bandit_sim.sim.policies import Hyper
 from hierarchical.quality import QualityConfig, QualityFit, fit_quality
 
-__all__ = ["LinearPrior", "linear_prior", "flat_linear_prior", "batch_posterior", "with_linear_prior",
+__all__ = ["LinearPrior", "linear_prior", "linear_posterior", "flat_linear_prior", "batch_posterior", "with_linear_prior",
            "linear_world_truth", "TrainRows", "train_rows", "fit_linear"]
 
 
@@ -188,14 +188,30 @@ def linear_prior(fit, family_of_arm, kind: str = "family", *, model_of_arm=None,
         raise ValueError(f"linear_prior: training rows must be x (n, {d}), quality (n,), arm (n,); got "
                          f"{x.shape}, {q.shape}, {a.shape}")
     mean, cov = fam_mean.copy(), fam_cov.copy()
-    for j in range(k):
+    if newcomer == "cold":
+        new = ~np.isin(np.arange(k), a)
+        mean[new], cov[new], noise[new] = cold_mean[new], cold_cov[new], noise_glob
+    return linear_posterior(_f32(mean, cov, noise), x, q, a)
+
+
+def linear_posterior(prior: LinearPrior, x, quality, arm) -> LinearPrior:
+    """Each arm's exact posterior after its rows, from any per-arm prior (e.g. LinUCB's ridge prior:
+    ``linear_posterior(flat_linear_prior(k, d, 1.0, 1.0), rows.x, rows.quality, rows.arm)``).
+
+    Args:
+      prior: LinearPrior (K arms). x: (n, D). quality: (n,). arm: (n,) int in [0, K).
+    Returns:
+      LinearPrior (arms without rows keep their prior).
+    """
+    x = np.asarray(x, np.float64)
+    q = np.asarray(quality, np.float64).reshape(-1)
+    a = np.asarray(arm, int).reshape(-1)
+    mean, cov = np.array(prior.mean, np.float64), np.array(prior.cov, np.float64)
+    for j in range(mean.shape[0]):
         rows = a == j
-        if not rows.any():
-            if newcomer == "cold":
-                mean[j], cov[j], noise[j] = cold_mean[j], cold_cov[j], noise_glob
-            continue
-        mean[j], cov[j] = batch_posterior(fam_mean[j], fam_cov[j], noise[j], x[rows], q[rows])
-    return _f32(mean, cov, noise)
+        if rows.any():
+            mean[j], cov[j] = batch_posterior(mean[j], cov[j], float(prior.noise[j]), x[rows], q[rows])
+    return _f32(mean, cov, prior.noise)
 
 
 def _f32(mean, cov, noise) -> LinearPrior:
