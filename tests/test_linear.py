@@ -240,3 +240,25 @@ def test_train_rows_from_a_table():
     assert rows.families[rows.family_of_arm[4]] == "newfam"
     pid = train[train["model"] == models[2]]["prompt_id"].iloc[5]
     np.testing.assert_array_equal(rows.x[rows.arm == 2][5], transform_table(feat, train, [pid])[0])
+
+
+def test_long_run_float32_stays_near_the_batch_posterior():
+    """20 000 rank-one steps in float32 (D = 33): the covariance form keeps its accuracy and symmetry."""
+    rng = np.random.default_rng(3)
+    d, n = 33, 20000
+    x = np.concatenate([np.ones((n, 1)), rng.normal(size=(n, d - 1))], 1)
+    y = x @ rng.normal(0, 0.1, d) + rng.normal(0, 0.4, n)
+    m0, s0, noise = np.zeros(d), np.eye(d), 0.16
+
+    def step(c, xy):
+        dm, ds = formulas.linear_update(c[0], c[1], xy[0], xy[1], jnp.float32(noise))
+        return (c[0] + dm, c[1] + ds), None
+
+    (m, s), _ = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))(
+        (jnp.zeros(d, jnp.float32), jnp.eye(d, dtype=jnp.float32)), (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)))
+    m_b, s_b = batch_posterior(m0, s0, noise, x, y)
+    sd_b = np.sqrt(np.diag(s_b))
+    assert np.abs(np.asarray(m) - m_b).max() < 0.05 * sd_b.min()  # far inside the posterior spread
+    np.testing.assert_allclose(np.sqrt(np.diag(np.asarray(s))), sd_b, rtol=0.02)
+    xs = x[:200] @ np.asarray(s, np.float64) @ x[:200].T
+    assert np.all(np.diag(xs) > 0)

@@ -65,6 +65,19 @@ def test_user_features_validated_naming_the_row():
     assert x.shape == (2, 4) and np.all(x[:, 0] == 1.0)
 
 
+def test_features_from_a_side_table():
+    side = pd.DataFrame({"prompt_id": [f"p{i}" for i in range(6)], "features": [[float(i), 2.0 * i] for i in range(6)]})
+    t = _table()
+    f, note = featurizer_for_table(t[t["split"] == "train"], side=side)
+    assert f.dim == 3 and "user-supplied" in note
+    x = transform_table(f, t, ["p5", "p0"], side=side)
+    assert x[0, 1] > x[1, 1]
+    bad = side.copy()
+    bad.at[4, "features"] = [1.0]
+    with pytest.raises(DataValidationError, match=r"ragged.*prompt_id 'p4'"):
+        transform_table(f, t, ["p4"], side=bad)
+
+
 def test_no_text_no_features_is_bias_only():
     t = _table(prompt=False)
     t["prompt"] = ""

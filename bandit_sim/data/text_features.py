@@ -255,12 +255,14 @@ def check_feature_rows(rows, width: int | None = None, labels=None) -> np.ndarra
     return arr
 
 
-def features_matrix(table: pd.DataFrame, prompt_ids: Sequence[str], side: pd.DataFrame | None = None) -> np.ndarray:
+def features_matrix(table: pd.DataFrame, prompt_ids: Sequence[str], side: pd.DataFrame | None = None,
+                    width: int | None = None) -> np.ndarray:
     """(N, F) float32 user-supplied feature vectors of `prompt_ids`, from the table's ``features`` list column or a
     side table with columns ``prompt_id`` and ``features``.
 
     Args:
       table: tidy table (used when `side` is None). prompt_ids: rows wanted, in order. side: optional side table.
+      width: the expected vector length (e.g. the training one), or None.
     Returns:
       (N, F) float32.
     Raises:
@@ -274,7 +276,7 @@ def features_matrix(table: pd.DataFrame, prompt_ids: Sequence[str], side: pd.Dat
     if missing:
         raise DataValidationError(f"features: no feature vector for prompt ids {missing[:5]}")
     ids = list(prompt_ids)
-    return check_feature_rows(per.loc[ids].tolist(), labels=ids)
+    return check_feature_rows(per.loc[ids].tolist(), width, labels=ids)
 
 
 def _has_text(table: pd.DataFrame) -> bool:
@@ -309,7 +311,7 @@ def transform_table(featurizer, table: pd.DataFrame, prompt_ids: Sequence[str],
                     side: pd.DataFrame | None = None) -> np.ndarray:
     """(N, D) float32 features of `prompt_ids` of `table` with a featurizer from `featurizer_for_table`."""
     if featurizer.kind == "given":
-        return featurizer.transform(features_matrix(table, prompt_ids, side))
+        return featurizer.transform(features_matrix(table, prompt_ids, side, width=featurizer.dim - 1))
     if featurizer.kind == "bias":
         return featurizer.transform(list(prompt_ids))
     per = table.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"]

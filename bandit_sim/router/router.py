@@ -22,6 +22,12 @@ pred_cost_i = input_tokens * p_in_i + mean_tokens_i * p_out_i and pred_sd_i = sd
 `cost_scale` (USD) makes lam comparable with quality; `from_data` takes the simulator's (the largest mean
 predicted cost per query among the models).
 
+Linear Thompson sampling on the query text (`policy="linear_thompson"`): `route` featurises the query (the router's
+`featurizer`, or `Query.features`), the step draws x'w_k ~ N(x'm_k, x'S_k x) per slot and `observe` takes the chosen
+slot's rank-one step at the decision's features; posteriors are (capacity, D) / (capacity, D, D) arrays, so the
+same no-recompile and replay properties hold (`from_data(..., policy="linear_thompson")` fits the featurizer and
+the hierarchical weight priors on the training split).
+
 Several `route` calls before their `observe` (delayed feedback) are fine: each decision draws from the posterior
 as it is then. `route_batch(B queries)` gives them steps t .. t + B - 1 from the same posterior in one call.
 """
