@@ -126,6 +126,7 @@ def test_add_model_family_prior_save_load_and_no_recompile(rd, small, feat, tmp_
         again.observe(b, quality=0.3, output_tokens=7)
     np.testing.assert_array_equal(np.asarray(router.pstate.cov), np.asarray(again.pstate.cov))
     assert again.linear_family_prior("newfam")[0] == pytest.approx(fam_prior[0])
+    assert again.family_prior("newfam")[2] == pytest.approx(fam_prior[2])
 
 
 def test_user_features_through_query(rd, small):

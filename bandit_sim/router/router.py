@@ -597,8 +597,11 @@ class Router:
         """(mean, cov, noise) a new model of `family` starts from under linear_thompson (else the global prior)."""
         return self.family_linear_priors.get(family, self.global_linear_prior)
 
-    def family_prior(self, family: str) -> tuple[float, float]:
-        """Beta prior of quality a new model of `family` gets now (see `add_model`)."""
+    def family_prior(self, family: str) -> tuple:
+        """Beta prior of quality a new model of `family` gets now (see `add_model`); linear_thompson: its
+        (mean, cov, noise) weight prior (`linear_family_prior`)."""
+        if self.linear:
+            return self.linear_family_prior(family)
         post = self.posterior()
         rel = [post[m] for m in self.models if self.model_family[m] == family]
         ev = np.array([a + b - 2.0 for a, b in rel])
