@@ -19,6 +19,8 @@ _EXPORTS = {
     "fit_token_model": "sim.token_model", "predict_grid": "sim.token_model",
     "Hyper": "sim.policies", "Policy": "sim.policies", "default_hyper": "sim.policies", "make_policy": "sim.policies",
     "REGISTRY": "sim.policies", "thompson": "sim.policies", "contextual_thompson": "sim.policies",
+    "linear_thompson": "sim.policies", "linucb": "sim.policies", "linear_prior": "sim.linear",
+    "TextFeaturizer": "data.text_features", "featurizer_for_table": "data.text_features",
     "simulate": "sim.simulate", "hyper_grid": "sim.episode", "episode_keys": "sim.episode",
     "episode_order": "sim.episode", "chunk_length": "sim.episode", "Metrics": "sim.episode",
     "Router": "router.router", "Decision": "router.router", "Query": "router.router",

@@ -1,4 +1,5 @@
-"""Throughput benchmark: exact-Beta Thompson routing in JAX vs NumPy (loop, vectorized) and MABWiser.
+"""Throughput benchmark: exact-Beta Thompson routing in JAX vs NumPy (loop, vectorized) and MABWiser; linear Thompson
+sampling (K = 11, D = 33 text features, E = 1024) in JAX vs its NumPy vectorized twin (benchmarks/numpy_linear_thompson.py).
 
 `bandit-sim bench --out DIR [--quick]` (or `python -m benchmarks.bench_kernel`) writes DIR/bench.json and DIR/bench.md. Compile time is measured
 separately (``lower(...).compile()``) and excluded from decisions/s; run time is the best of `repeats`
@@ -24,11 +25,14 @@ import jax
 import numpy as np
 
 from bandit_sim.data.loaders import load_data
+from bandit_sim.data.text_features import featurizer_for_table, transform_table
 from bandit_sim.sim.episode import hyper_grid
+from bandit_sim.sim.linear import flat_linear_prior, with_linear_prior
 from bandit_sim.sim.policies import default_hyper
 from bandit_sim.sim.reference import run_reference
 from bandit_sim.sim.simulate import lower_simulate
 from bandit_sim.sim.world import world_from_table
+from benchmarks.numpy_linear_thompson import linear_thompson_vectorized
 from benchmarks.numpy_thompson import thompson_vectorized
 from hierarchical.storage import atomic_write
 
@@ -42,13 +46,17 @@ def _rss_mb() -> float:
 
 
 def _world(quick: bool):
-    w, info = world_from_table(load_data("routerbench").table, split="test")
-    return w, info
+    table = load_data("routerbench").table
+    w, info = world_from_table(table, split="test")
+    # the linear router's query features: the text featurizer fit on the training prompts (d = 32, D = 33)
+    feat, _ = featurizer_for_table(table[table["split"] == "train"], d=32, seed=0)
+    return w._replace(x=transform_table(feat, table, list(info.prompt_ids))), info
 
 
-def _jax_row(w, hyper, episodes, steps, devices, options, repeats, label, grid=None, impl="auto", keep=None):
+def _jax_row(w, hyper, episodes, steps, devices, options, repeats, label, grid=None, impl="auto", keep=None,
+             policy="thompson"):
     t0 = time.perf_counter()
-    lowered, args = lower_simulate(w, jax.random.key(0), hyper, policy="thompson", episodes=episodes,
+    lowered, args = lower_simulate(w, jax.random.key(0), hyper, policy=policy, episodes=episodes,
                                    steps=steps, chunk=25, options=options, devices=devices, impl=impl)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
@@ -135,6 +143,8 @@ def _bench(out: Path, quick: bool) -> dict:
                   numpy_decisions_per_s=e_vec * steps / tn, ratio_per_pair=[p[1] / p[0] for p in pair_s])
     print(json.dumps(rows[-1]), flush=True)
 
+    lin = _linear_rows(w, steps, e_vec, n_dev, n_pairs, rows)
+
     try:
         from mabwiser.mab import MAB, LearningPolicy
     except ImportError:
@@ -166,7 +176,7 @@ def _bench(out: Path, quick: bool) -> dict:
                f"{os.cpu_count()} cores)",
         jax_version=jax.__version__, numpy_version=np.__version__, dtype="float32",
         shapes=dict(N=int(w.quality.shape[0]), K=k, T=steps, world="routerbench test split"),
-        threefry_partitionable=False, quick=quick, rows=rows,
+        threefry_partitionable=False, quick=quick, rows=rows, linear_thompson=lin,
         ratios=dict(jax_over_numpy_vectorized=paired["jax_decisions_per_s"] / paired["numpy_decisions_per_s"],
                     jax_over_numpy_loop=jax_big / best("numpy_loop"),
                     paired=paired,
@@ -190,9 +200,47 @@ def _bench(out: Path, quick: bool) -> dict:
               f"{paired['pairs']} each); in those pairs JAX ran at {paired['jax_decisions_per_s']:.3g} decisions/s, and the "
               f"ratio of each pair was {', '.join(f'{x:.2f}' for x in paired['ratio_per_pair'])}.",
               "", f"jax / numpy vectorized: {res['ratios']['jax_over_numpy_vectorized']:.2f}; "
-              f"jax / numpy loop: {res['ratios']['jax_over_numpy_loop']:.1f} ({res['ratios']['basis']})."]
+              f"jax / numpy loop: {res['ratios']['jax_over_numpy_loop']:.1f} ({res['ratios']['basis']}).",
+              "", f"Linear Thompson sampling (K={k}, D={lin['D']}, E={lin['episodes']}, T={steps}): "
+              f"jax_linear_thompson (`simulate(policy=\"linear_thompson\")`, bandit_sim/sim/batched_linear.py) ran at "
+              f"{lin['jax_decisions_per_s']:.3g} decisions/s ({lin['jax_devices']} devices, compile "
+              f"{lin['compile_s']:.1f} s), numpy_linear_thompson_vectorized (benchmarks/numpy_linear_thompson.py) at "
+              f"{lin['numpy_decisions_per_s']:.3g}, timed alternately ({lin['pairs']} pairs, best of each): ratio "
+              f"{lin['ratio']:.2f} (per pair {', '.join(f'{x:.2f}' for x in lin['ratio_per_pair'])})."]
     atomic_write(out / "bench.md", "\n".join(lines) + "\n")
     return res
+
+
+def _linear_rows(w, steps: int, e_vec: int, n_dev: int, n_pairs: int, rows: list) -> dict:
+    """Linear Thompson rows: JAX (batched path, 1 and n_dev devices) and the NumPy vectorized twin, paired."""
+    k, d = w.quality.shape[1], w.x.shape[1]
+    h = with_linear_prior(default_hyper(k, d=d), flat_linear_prior(k, d, var=1.0, noise=0.2))
+    kept = {}
+    for dev in sorted({1, n_dev}):
+        if e_vec % dev:
+            continue
+        rows.append(_jax_row(w, h, e_vec, steps, dev, {}, 2, "jax_linear_thompson", keep=kept, policy="linear_thompson"))
+        rows[-1]["D"] = d
+        print(json.dumps(rows[-1]), flush=True)
+    best_row = max((r for r in rows if r["impl"] == "jax_linear_thompson"), key=lambda r: r["decisions_per_s"])
+    compiled, args = kept[(e_vec, best_row["devices"])]
+    pair_s = []
+    for r in range(n_pairs):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        t_j = time.perf_counter() - t
+        t = time.perf_counter()
+        linear_thompson_vectorized(w, h, e_vec, steps, seed=r)
+        pair_s.append((t_j, time.perf_counter() - t))
+    tj, tn = min(p[0] for p in pair_s), min(p[1] for p in pair_s)
+    rows.append(dict(impl="numpy_linear_thompson_vectorized", episodes=e_vec, grid=None, steps=steps, devices=1,
+                     decisions=e_vec * steps, seconds=tn, decisions_per_s=e_vec * steps / tn, compile_s=0.0,
+                     peak_rss_mb=_rss_mb(), D=d, note=f"vectorized over episodes (einsum quadratic forms, in-place "
+                                                      f"rank-one update); best of {n_pairs} runs, each after a JAX run"))
+    print(json.dumps(rows[-1]), flush=True)
+    return dict(K=k, D=d, episodes=e_vec, steps=steps, pairs=n_pairs, jax_devices=best_row["devices"],
+                compile_s=best_row["compile_s"], jax_decisions_per_s=e_vec * steps / tj,
+                numpy_decisions_per_s=e_vec * steps / tn, ratio=tn / tj, ratio_per_pair=[p[1] / p[0] for p in pair_s])
 
 
 def run_bench(out: Path, quick: bool = False, host_devices: int | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""hierarchical: NumPyro models fit with SVI (optax) -- output-token counts pooled model -> family -> global.
+"""hierarchical: NumPyro models fit with SVI (optax) -- output-token counts pooled model -> family -> global, and
+the linear quality model on query features (quality.py) behind the linear routers' priors.
 
 Arrays in, arrays out (features, model index, family index, tokens); no dependency on bandit_sim or pandas.
 Public names are imported on first use, so `import hierarchical.features` or `hierarchical.io` does not load
@@ -14,6 +15,7 @@ _EXPORTS = {
     "FitConfig": "fit", "TokenPosterior": "fit", "fit_svi": "fit", "fit_nuts": "fit",
     "Prediction": "predictive", "predict": "predictive",
     "add_new_model": "update",
+    "QualityFit": "quality", "QualityConfig": "quality", "fit_quality": "quality",
     "save_posterior": "io", "load_posterior": "io", "PosteriorFileError": "io",
 }
 

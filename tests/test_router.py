@@ -56,7 +56,7 @@ def _pad_world(w: World, cap: int) -> World:
     return World(quality=pad2(w.quality), out_tokens=pad2(w.out_tokens), cost=pad2(w.cost),
                  pred_cost=pad2(w.pred_cost), pred_unc=pad2(w.pred_unc), features=w.features,
                  category=w.category, family=pad1(w.family, 99), arrival_step=pad1(w.arrival_step),
-                 mask=pad2(w.mask, False), prices=pad1(w.prices))
+                 mask=pad2(w.mask, False), prices=pad1(w.prices), x=w.x)
 
 
 @pytest.mark.parametrize("cap_extra", [pytest.param(0, marks=pytest.mark.slow), 5])

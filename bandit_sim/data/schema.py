@@ -13,7 +13,8 @@ column              type       meaning
 
 Optional columns: ``prompt`` (str), ``input_tokens`` (int >= 0), ``cost_usd`` (float >= 0, real cost of the call),
 ``family`` (str), ``order`` (sortable: arrival order for temporal splits), ``category`` (str), ``split``
-("train" / "val" / "test", by prompt).
+("train" / "val" / "test", by prompt), ``features`` (a list of finite floats per row, one length for all rows: the
+query's own embedding for the contextual routers, see `bandit_sim.data.text_features`).
 
 `validate_table` checks a table and raises `DataValidationError` naming the column and the first offending rows.
 """
@@ -36,6 +37,7 @@ REQUIRED_COLUMNS: dict[str, str] = {
 OPTIONAL_COLUMNS: dict[str, str] = {
     "prompt": "str", "input_tokens": "int >= 0", "cost_usd": "float >= 0", "family": "str",
     "order": "sortable", "category": "str", "split": "one of train/val/test",
+    "features": "list of floats, one length for every row (user-supplied query features)",
 }
 SPLITS = ("train", "val", "test")
 _SHOW = 5  # offending rows named in a message
@@ -102,6 +104,29 @@ def _check_count(df: pd.DataFrame, col: str, source: str, required: bool) -> Non
     frac = ok != np.round(ok)
     if frac.any():
         raise _fail(source, col, "non-integer token counts", ok.index[frac])
+
+
+def _check_features(df: pd.DataFrame, source: str) -> None:
+    """Ragged, empty or non-finite ``features`` vectors are rejected, naming the row (and its prompt_id)."""
+    col = df["features"]
+    lengths = []
+    for i, v in col.items():
+        try:
+            a = np.asarray(v, np.float64).reshape(-1) if v is not None else np.zeros(0)
+        except (TypeError, ValueError):
+            raise _fail(source, "features", f"not a list of numbers (prompt_id {df.at[i, 'prompt_id']!r})", [i])
+        if a.size == 0:
+            raise _fail(source, "features", f"empty feature vector (prompt_id {df.at[i, 'prompt_id']!r})", [i])
+        if not np.all(np.isfinite(a)):
+            raise _fail(source, "features", f"non-finite value (NaN or inf) (prompt_id {df.at[i, 'prompt_id']!r})",
+                        [i])
+        lengths.append(a.size)
+    lengths = np.asarray(lengths)
+    bad = np.flatnonzero(lengths != lengths[0])
+    if bad.size:
+        i = col.index[bad[0]]
+        raise _fail(source, "features", f"ragged feature vectors: {lengths[bad[0]]} values where row "
+                    f"{col.index[0]} has {lengths[0]} (prompt_id {df.at[i, 'prompt_id']!r})", col.index[bad])
 
 
 def validate_table(df: pd.DataFrame, source: str = "table", *, require_quality: bool = True) -> pd.DataFrame:
@@ -172,6 +197,9 @@ def validate_table(df: pd.DataFrame, source: str = "table", *, require_quality: 
             bad_ids = per_prompt.index[per_prompt > 1]
             raise _fail(source, "split", "one prompt is in several splits",
                         df.index[df["prompt_id"].isin(bad_ids)])
+
+    if "features" in df.columns:
+        _check_features(df, source)
 
     dup = df.duplicated(["prompt_id", "model"], keep="first")
     if dup.any():

@@ -38,10 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.preprocessing import normalize
 
+from bandit_sim.data.text_features import fit_idf, fit_svd, hashed_tf, standardiser, tfidf
 from hierarchical.features import query_features
 from hierarchical.storage import read_checked_npz, write_checked_npz
 
@@ -119,21 +117,6 @@ def _query_features(prompts: Sequence[str], input_tokens: np.ndarray) -> np.ndar
     return query_features(list(prompts), input_tokens)
 
 
-def _hashed_tf(prompts: Sequence[str], n_hash: int):
-    hv = HashingVectorizer(
-        n_features=n_hash, ngram_range=(1, 2), alternate_sign=False, norm=None, lowercase=True, dtype=np.float32
-    )
-    x = hv.transform(list(prompts))
-    x.data = np.log1p(x.data)  # sublinear term frequency
-    return x
-
-
-def _tfidf(prompts: Sequence[str], n_hash: int, idf: np.ndarray):
-    x = _hashed_tf(prompts, n_hash)
-    x = x.multiply(idf[None, :]).tocsr()
-    return normalize(x, norm="l2", axis=1)
-
-
 class _Featurizer(NamedTuple):
     idf: np.ndarray  # (H,) float32
     svd: np.ndarray  # (S, H) float32 right singular vectors
@@ -142,23 +125,18 @@ class _Featurizer(NamedTuple):
 
 
 def _fit_featurizer(prompts: Sequence[str], input_tokens: np.ndarray, n_hash: int, n_svd: int, seed: int):
-    tf = _hashed_tf(prompts, n_hash)
-    df = np.bincount(tf.indices, minlength=n_hash).astype(np.float64)
-    n = tf.shape[0]
-    idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)  # sklearn's smoothed IDF
-    x = _tfidf(prompts, n_hash, idf)
-    k = int(min(n_svd, max(1, min(x.shape) - 1)))
-    svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed).fit(x)
-    comps = svd.components_.astype(np.float32)
+    # the text pieces are bandit_sim.data.text_features' (word 1-2-grams only, as RouteLLM-style MF was tuned)
+    tf = hashed_tf(prompts, n_hash)
+    idf = fit_idf(tf)
+    x = tfidf(tf, idf)
+    comps = fit_svd(x, n_svd, seed)
     raw = np.concatenate([_query_features(prompts, input_tokens), np.asarray(x @ comps.T, np.float32)], axis=1)
-    mean = raw.mean(0)
-    sd = raw.std(0)
-    scale = np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
-    return _Featurizer(idf, comps, mean.astype(np.float32), scale), ((raw - mean) / scale).astype(np.float32)
+    mean, scale = standardiser(raw)
+    return _Featurizer(idf, comps, mean, scale), ((raw - mean) / scale).astype(np.float32)
 
 
 def _transform(f: _Featurizer, prompts: Sequence[str], input_tokens: np.ndarray) -> np.ndarray:
-    x = _tfidf(prompts, f.idf.shape[0], f.idf)
+    x = tfidf(hashed_tf(prompts, f.idf.shape[0]), f.idf)
     raw = np.concatenate([_query_features(prompts, input_tokens), np.asarray(x @ f.svd.T, np.float32)], axis=1)
     return ((raw - f.mean) / f.scale).astype(np.float32)
 

@@ -22,6 +22,12 @@ pred_cost_i = input_tokens * p_in_i + mean_tokens_i * p_out_i and pred_sd_i = sd
 `cost_scale` (USD) makes lam comparable with quality; `from_data` takes the simulator's (the largest mean
 predicted cost per query among the models).
 
+Linear Thompson sampling on the query text (`policy="linear_thompson"`): `route` featurises the query (the router's
+`featurizer`, or `Query.features`), the step draws x'w_k ~ N(x'm_k, x'S_k x) per slot and `observe` takes the chosen
+slot's rank-one step at the decision's features; posteriors are (capacity, D) / (capacity, D, D) arrays, so the
+same no-recompile and replay properties hold (`from_data(..., policy="linear_thompson")` fits the featurizer and
+the hierarchical weight priors on the training split).
+
 Several `route` calls before their `observe` (delayed feedback) are fine: each decision draws from the posterior
 as it is then. `route_batch(B queries)` gives them steps t .. t + B - 1 from the same posterior in one call.
 """
@@ -38,14 +44,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from bandit_sim.data.catalog import family_of, price_of
+from bandit_sim.data.text_features import BiasOnly, check_feature_rows, featurizer_for_table, featurizer_from_arrays
 from bandit_sim.data.features import prompt_features
 from bandit_sim.data.tokens import count_tokens
 from bandit_sim.router import state as state_file
 from bandit_sim.router.tokens import StandInTokens, tokens_from_state
 from bandit_sim.sim import formulas
 from bandit_sim.sim.episode import episode_keys
-from bandit_sim.sim.policies import (BetaState, Context, Hyper, default_hyper, epsilon_greedy, make_policy, policy_name,
-                                     resolve_policy, simple_utility, thompson)
+from bandit_sim.sim.linear import fit_linear, linear_prior, train_rows
+from bandit_sim.sim.policies import (BetaState, Context, Hyper, LinState, default_hyper, epsilon_greedy, linear_thompson,
+                                     make_policy, policy_name, resolve_policy, simple_utility, thompson)
 from bandit_sim.sim.priors import family_prior_from_train
 from bandit_sim.sim.world import World, pivot_index
 from hierarchical.features import query_features
@@ -53,7 +61,7 @@ from hierarchical.features import query_features
 __all__ = ["Router", "Decision", "Query", "RouterInputError", "TRACE_COUNT", "ROUTER_POLICIES"]
 
 TRACE_COUNT = {"route": 0, "observe": 0}  # incremented when the jitted steps are traced
-ROUTER_POLICIES = (thompson, simple_utility, epsilon_greedy)  # policy factories with a Beta posterior state
+ROUTER_POLICIES = (thompson, simple_utility, epsilon_greedy, linear_thompson)  # Beta posteriors, or linear-Gaussian
 DEFAULT_CAPACITY = 64
 
 
@@ -68,6 +76,7 @@ class Query:
     text: str
     input_tokens: int | None = None  # counted with cl100k when None
     query_id: str | None = None  # lets `observe` find the decision by your id
+    features: Sequence[float] | None = None  # your own feature vector (a router built with user features needs it)
 
 
 @dataclass(frozen=True)
@@ -91,28 +100,29 @@ class Decision:
 # ---------------------------------------------------------------- the jitted steps (one implementation: policies.py)
 
 
-def _policy_world(family: jax.Array, prices: jax.Array) -> World:
-    """A one-row World carrying what the Beta policies read (families, arrivals); the rest is unused."""
+def _policy_world(family: jax.Array, prices: jax.Array, d: int = 1) -> World:
+    """A one-row World carrying what the policies read (families, arrivals, the feature width D); the rest is unused."""
     c = family.shape[0]
     z = jnp.zeros((1, c), jnp.float32)
     return World(quality=z, out_tokens=z, cost=z, pred_cost=z, pred_unc=z, features=jnp.zeros((1, 1), jnp.float32),
                  category=jnp.zeros((1,), jnp.int32), family=family, arrival_step=jnp.zeros((c,), jnp.int32),
-                 mask=jnp.ones((1, c), bool), prices=prices)
+                 mask=jnp.ones((1, c), bool), prices=prices, x=jnp.ones((1, d), jnp.float32))
 
 
-def _ctx(t, avail, pred_cost, pred_unc):
+def _ctx(t, avail, pred_cost, pred_unc, x=None):
     c = avail.shape[0]
     z = jnp.zeros((c,), jnp.float32)
+    x = jnp.ones((1,), jnp.float32) if x is None else x
     return Context(t=t, avail=avail, pred_cost=pred_cost, pred_unc=pred_unc, features=jnp.zeros((1,), jnp.float32),
-                   category=jnp.int32(0), quality=z, cost=z)
+                   category=jnp.int32(0), quality=z, cost=z, x=x)
 
 
 @partial(jax.jit, static_argnames=("policy", "options", "chunk"))
-def _route_jit(hyper: Hyper, family, prices, pstate: BetaState, k_noise, k_fb, t0, avail, pred_cost, pred_unc, *,
+def _route_jit(hyper: Hyper, family, prices, pstate, k_noise, k_fb, t0, avail, pred_cost, pred_unc, x, *,
                policy: str, options: tuple, chunk: int):
-    """Steps t0 .. t0 + B - 1 from one posterior: arms (B,), pi (B, C), utilities (B, C)."""
+    """Steps t0 .. t0 + B - 1 from one posterior: arms (B,), pi (B, C), utilities (B, C); x (B, D) query features."""
     TRACE_COUNT["route"] += 1
-    pol = make_policy(policy, hyper, _policy_world(family, prices), options)
+    pol = make_policy(policy, hyper, _policy_world(family, prices, x.shape[-1]), options)
     b = pred_cost.shape[0]
     # the kernel's noise: step t is row t % chunk of pol.noise(fold_in(k_noise, t // chunk), chunk); draw each
     # chunk the batch touches once (B consecutive steps span at most n_ch chunks)
@@ -123,8 +133,8 @@ def _route_jit(hyper: Hyper, family, prices, pstate: BetaState, k_noise, k_fb, t
                       nz)
     ts = t0 + jnp.arange(b, dtype=jnp.int32)
 
-    def one(t, nz_t, pc, pu):
-        ctx = _ctx(t, avail, pc, pu)
+    def one(t, nz_t, pc, pu, xq):
+        ctx = _ctx(t, avail, pc, pu, xq)
         draws = pol.sample(pstate, nz_t, k_fb, ctx)
         arm = pol.choose(pstate, draws, ctx)
         if hasattr(draws, "pi"):
@@ -136,17 +146,17 @@ def _route_jit(hyper: Hyper, family, prices, pstate: BetaState, k_noise, k_fb, t
         u = formulas.utility(pi, pc, pu, hyper.lam, hyper.gam, avail)
         return arm, pi, u
 
-    return jax.vmap(one)(ts, nz, pred_cost, pred_unc)
+    return jax.vmap(one)(ts, nz, pred_cost, pred_unc, x)
 
 
 @partial(jax.jit, static_argnames=("policy", "options"))
-def _observe_jit(hyper: Hyper, family, prices, pstate: BetaState, arm, reward, t, *, policy: str, options: tuple):
-    """pol.update for one observed decision."""
+def _observe_jit(hyper: Hyper, family, prices, pstate, arm, reward, t, x, *, policy: str, options: tuple):
+    """pol.update for one observed decision (x (D,): the decision's query features)."""
     TRACE_COUNT["observe"] += 1
-    pol = make_policy(policy, hyper, _policy_world(family, prices), options)
+    pol = make_policy(policy, hyper, _policy_world(family, prices, x.shape[-1]), options)
     c = family.shape[0]
     z = jnp.zeros((c,), jnp.float32)
-    return pol.update(pstate, arm, reward, _ctx(t, jnp.ones((c,), bool), z, z))
+    return pol.update(pstate, arm, reward, _ctx(t, jnp.ones((c,), bool), z, z, x))
 
 
 def _bucket(b: int) -> int:
@@ -165,7 +175,9 @@ class Router:
                  lam: float = 0.3, gam: float = 0.25, priors: Mapping[str, tuple[float, float]] | None = None,
                  seed: int = 0, key: jax.Array | None = None, policy: str = "thompson", options: Mapping | None = None,
                  capacity: int | None = None, chunk: int = 32, explore_decay: float = 0.95,
-                 min_explore: float = 0.05, family_strength: float = 20.0):
+                 min_explore: float = 0.05, family_strength: float = 20.0, featurizer=None,
+                 linear_priors: Mapping[str, tuple] | None = None, family_linear_priors: Mapping[str, tuple] | None = None,
+                 global_linear_prior: tuple | None = None):
         """Build a router.
 
         Args:
@@ -184,6 +196,13 @@ class Router:
           chunk: steps per noise chunk (the simulator's effective chunk to replay an episode).
           explore_decay, min_explore: Thompson's exploration schedule eps_t = max(min_explore, decay ** t).
           family_strength: pseudo-count cap of the quality prior `add_model` takes from the family.
+          featurizer: linear_thompson only: the query featurizer (`bandit_sim.data.text_features`: TextFeaturizer,
+            GivenFeatures or BiasOnly, the default); D = featurizer.dim.
+          linear_priors: linear_thompson only: model -> (mean (D,), cov (D, D), noise variance) of its weights
+            (e.g. the warm posterior, `bandit_sim.sim.linear.linear_prior`); default its family's prior.
+          family_linear_priors: family -> (mean, cov, noise): what `add_model` (and a model without its own prior)
+            starts from; default the global prior.
+          global_linear_prior: (mean, cov, noise) for a family without a prior (default N(0, I), noise 0.25).
         """
         if resolve_policy(policy) not in ROUTER_POLICIES:
             raise ValueError(f"Router: policy must be one of {[policy_name(p) for p in ROUTER_POLICIES]}, "
@@ -212,7 +231,13 @@ class Router:
         self._prices = np.zeros((cap, 2), np.float64)  # USD per input / output token
         self._family = np.full(cap, -1, np.int32)
         self._dev_cache = None
-        self.hyper = default_hyper(cap, lam=lam, gam=gam, explore_decay=explore_decay, min_explore=min_explore)
+        self.linear = policy == "linear_thompson"
+        self.featurizer = (featurizer if featurizer is not None else BiasOnly()) if self.linear else None
+        d = self.featurizer.dim if self.linear else 1
+        self.hyper = default_hyper(cap, d=d, lam=lam, gam=gam, explore_decay=explore_decay, min_explore=min_explore)
+        self.global_linear_prior = _lin_prior(global_linear_prior or (np.zeros(d), np.eye(d), 0.25), d, "global")
+        self.family_linear_priors = {f: _lin_prior(p, d, f"family {f!r}")
+                                     for f, p in (family_linear_priors or {}).items()}
         key = jax.random.key(seed) if key is None else key
         with jax.threefry_partitionable(False):  # simulate's PRNG mode
             ek = episode_keys(key)
@@ -223,23 +248,29 @@ class Router:
         # per-slot bookkeeping (host, float64): decisions, observations, quality, tokens, cost
         self.stats = np.zeros((cap, 5), np.float64)
         self.totals = np.zeros(3, np.float64)  # observed: count, quality sum, cost USD sum
-        self.pstate = BetaState(jnp.zeros((1, cap), jnp.int32), jnp.zeros((1, cap), jnp.float32),
-                                jnp.zeros((1, cap), jnp.float32), self.hyper.prior_alpha[None, :],
-                                self.hyper.prior_beta[None, :])  # policies.BetaState: priors (1, C)
+        if self.linear:  # policies.LinState: per-slot weight posteriors (C, D), (C, D, D)
+            self.pstate = LinState(self.hyper.lin_mean, self.hyper.lin_cov)
+        else:
+            self.pstate = BetaState(jnp.zeros((1, cap), jnp.int32), jnp.zeros((1, cap), jnp.float32),
+                                    jnp.zeros((1, cap), jnp.float32), self.hyper.prior_alpha[None, :],
+                                    self.hyper.prior_beta[None, :])  # policies.BetaState: priors (1, C)
         families = families or {}
         prices = prices or {}
-        priors = priors or {}
+        priors = dict(linear_priors or {}) if self.linear else dict(priors or {})
         unknown = set(priors) - set(models)
         if unknown:
             raise ValueError(f"Router: priors name unknown models {sorted(unknown)}")
         for m in models:
-            self._place(m, families.get(m) or family_of(m), prices.get(m) or price_of(m), priors.get(m, (1.0, 1.0)))
+            fam = families.get(m) or family_of(m)
+            default = self.linear_family_prior(fam) if self.linear else (1.0, 1.0)
+            prior = _lin_prior(priors[m], d, f"model {m!r}") if self.linear and m in priors else priors.get(m, default)
+            self._place(m, fam, prices.get(m) or price_of(m), prior)
 
     # ------------------------------------------------------------ construction helpers
 
     @classmethod
     def from_data(cls, rd, *, tokens=None, split: str = "test", models: Sequence[str] | None = None,
-                  family_prior: bool = False, **kw) -> "Router":
+                  family_prior: bool = False, linear_fit=None, warm: bool = False, **kw) -> "Router":
         """A router for a dataset's models, in the simulator's units (its World's cost scale on `split`).
 
         Args:
@@ -249,6 +280,12 @@ class Router:
           models: models to route between (default: every model of `split`, sorted by name).
           family_prior: quality priors from each model's family on the training split
             (`bandit_sim.sim.priors.family_prior_from_train`), else Beta(1, 1).
+          linear_fit: policy="linear_thompson" only: the hierarchical quality fit behind the weight priors
+            (`hierarchical.quality.QualityFit`); None fits one by SVI on the training split (tens of seconds);
+            "flat" uses N(0, I) priors. The featurizer (`featurizer=`) defaults to `featurizer_for_table` on the
+            training split (text, user features, or the bias only).
+          warm: linear_thompson: each model starts from its posterior after the training split (else from its
+            family's prior).
           **kw: other `Router` arguments (lam, gam, seed, capacity, chunk, ...).
         Returns:
           Router.
@@ -260,6 +297,8 @@ class Router:
         families = {m: str(fam[m]) for m in models if m in fam.index}
         if "cost_scale" not in kw:
             kw["cost_scale"] = cost_scale_of(t, models, tokens, kw.get("prices"))
+        if resolve_policy(kw.get("policy", "thompson")) is linear_thompson:
+            kw.update(_linear_setup(rd, models, families, kw.get("featurizer"), linear_fit, warm))
         if family_prior and "priors" not in kw:
             a, b = family_prior_from_train(rd, models)
             kw["priors"] = {m: (float(x), float(y)) for m, x, y in zip(models, a, b)}
@@ -277,9 +316,10 @@ class Router:
         if p.shape != (2,) or not np.all(np.isfinite(p)) or np.any(p < 0):
             raise RouterInputError(f"prices of {name!r} must be (usd_per_input_token, usd_per_output_token) >= 0, "
                                    f"got {price!r}")
-        a, b = (float(x) for x in prior)
-        if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
-            raise RouterInputError(f"quality prior of {name!r} must be Beta(alpha > 0, beta > 0), got {prior!r}")
+        if not self.linear:
+            a, b = (float(x) for x in prior)
+            if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+                raise RouterInputError(f"quality prior of {name!r} must be Beta(alpha > 0, beta > 0), got {prior!r}")
         i = free[0]
         if family not in self.family_names:
             self.family_names.append(family)
@@ -290,6 +330,13 @@ class Router:
         self._dev_cache = None
         self.stats[i] = 0.0
         st = self.pstate
+        if self.linear:
+            mean, cov, noise = prior
+            self.hyper = self.hyper._replace(lin_mean=self.hyper.lin_mean.at[i].set(mean),
+                                             lin_cov=self.hyper.lin_cov.at[i].set(cov),
+                                             lin_noise=self.hyper.lin_noise.at[i].set(noise))
+            self.pstate = LinState(st.mean.at[i].set(mean), st.cov.at[i].set(cov))
+            return i
         self.hyper = self.hyper._replace(prior_alpha=self.hyper.prior_alpha.at[i].set(a),
                                          prior_beta=self.hyper.prior_beta.at[i].set(b))
         self.pstate = BetaState(st.n.at[:, i].set(0), st.s.at[:, i].set(0.0), st.s_comp.at[:, i].set(0.0),
@@ -307,8 +354,11 @@ class Router:
         """(USD per input token, USD per output token) of a model."""
         return tuple(float(x) for x in self._prices[self._slot(model)])
 
-    def posterior(self) -> dict[str, tuple[float, float]]:
-        """Current Beta(alpha, beta) of every model's quality."""
+    def posterior(self) -> dict[str, tuple]:
+        """Current Beta(alpha, beta) of every model's quality (linear_thompson: (mean (D,), cov (D, D)) of its weights)."""
+        if self.linear:
+            mean, cov = (np.asarray(a, np.float64) for a in (self.pstate.mean, self.pstate.cov))
+            return {m: (mean[i], cov[i]) for i, m in enumerate(self.slots) if m is not None}
         a = np.asarray(self.pstate.prior_a[0] + self.pstate.s[0], np.float64)
         b = np.asarray(self.pstate.prior_b[0] + jnp.maximum(self.pstate.n[0].astype(jnp.float32) - self.pstate.s[0], 0.0),
                        np.float64)
@@ -381,6 +431,7 @@ class Router:
             raise RouterInputError("no model to route to: add one with add_model")
         names = [self.slots[i] for i in active]
         in_tok = self._input_tokens(qs)
+        xq = self._query_x(qs)  # (B, D) features of the linear router (raises before anything is routed)
         feats = None
         if self.tokens.needs_features:
             feats = query_features([q.text for q in qs], input_tokens=in_tok)
@@ -399,7 +450,8 @@ class Router:
         with jax.threefry_partitionable(False):
             arms, pi, u = _route_jit(self.hyper, *self._dev(), self.pstate, self._k_noise, self._k_fb,
                                      np.int32(self.step), avail,
-                                     pc, pu, policy=self.policy, options=self.options, chunk=self.chunk)
+                                     pc, pu, self._pad_x(xq, bp), policy=self.policy,
+                                     options=self.options, chunk=self.chunk)
         arms, pi, u = jax.device_get((arms, pi, u))
         col = {s: j for j, s in enumerate(active)}
         out = []
@@ -417,11 +469,14 @@ class Router:
                 explored=bool(arm != int(np.argmax(u[r]))))
             out.append(d)
         # commit only after everything above succeeded
-        for d in out:
+        xs = xq if self.linear else None
+        for r, d in enumerate(out):
             slot = self.slots.index(d.model)
             self.stats[slot, 0] += 1
             self.pending[d.decision_id] = dict(slot=slot, model=d.model, step=d.step, query_id=d.query_id,
                                                input_tokens=d.input_tokens)
+            if xs is not None:  # observe updates the posterior at the decision's features
+                self.pending[d.decision_id]["x"] = [float(v) for v in xs[r]]
         self.step += b
         return out
 
@@ -430,6 +485,29 @@ class Router:
         if self._dev_cache is None:
             self._dev_cache = (jnp.asarray(self._family), jnp.asarray(self._prices, jnp.float32))
         return self._dev_cache
+
+    def _query_x(self, qs: list[Query]) -> np.ndarray:
+        """(B, D) float32 query features of the linear router (B x 1 ones for the Beta policies)."""
+        if not self.linear:
+            return np.ones((len(qs), 1), np.float32)
+        given = [q.features is not None for q in qs]
+        if self.featurizer.kind == "given":
+            if not all(given):
+                raise RouterInputError(f"query {given.index(False)}: this router reads user-supplied features: "
+                                       f"give Query(text, features=[...]) with {self.featurizer.dim - 1} values")
+            try:
+                return self.featurizer.transform(check_feature_rows([q.features for q in qs], self.featurizer.dim - 1))
+            except ValueError as exc:
+                raise RouterInputError(str(exc)) from exc
+        if any(given):
+            raise RouterInputError(f"query {given.index(True)}: this router featurises the text "
+                                   f"({self.featurizer.kind}); it takes no features")
+        return self.featurizer.transform([q.text for q in qs])
+
+    def _pad_x(self, x: np.ndarray, bp: int) -> np.ndarray:
+        out = np.ones((bp, x.shape[1]), np.float32)
+        out[: x.shape[0]] = x
+        return out
 
     def _input_tokens(self, qs: list[Query]) -> np.ndarray:
         missing = [j for j, q in enumerate(qs) if q.input_tokens is None]
@@ -468,7 +546,8 @@ class Router:
             raise RouterInputError(f"cost must be >= 0 USD, got {cost!r}")
         with jax.threefry_partitionable(False):
             new = _observe_jit(self.hyper, *self._dev(), self.pstate, np.int32(slot), np.float32(q),
-                               np.int32(p["step"]), policy=self.policy, options=self.options)
+                               np.int32(p["step"]), np.asarray(p.get("x", [1.0]), np.float32), policy=self.policy,
+                               options=self.options)
         self.pstate = new
         del self.pending[did]
         self.stats[slot, 1:] += (1.0, q, tok, cost)
@@ -511,12 +590,19 @@ class Router:
             raise RouterInputError(f"add_model: capacity {self.capacity} reached; remove a model first")
         family = family or family_of(name)
         prices = price_of(name) if prices is None else prices
-        prior = self.family_prior(family)
+        prior = self.linear_family_prior(family) if self.linear else self.family_prior(family)
         self.tokens.add_model(name, family)
         self._place(name, family, prices, prior)
 
-    def family_prior(self, family: str) -> tuple[float, float]:
-        """Beta prior of quality a new model of `family` gets now (see `add_model`)."""
+    def linear_family_prior(self, family: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """(mean, cov, noise) a new model of `family` starts from under linear_thompson (else the global prior)."""
+        return self.family_linear_priors.get(family, self.global_linear_prior)
+
+    def family_prior(self, family: str) -> tuple:
+        """Beta prior of quality a new model of `family` gets now (see `add_model`); linear_thompson: its
+        (mean, cov, noise) weight prior (`linear_family_prior`)."""
+        if self.linear:
+            return self.linear_family_prior(family)
         post = self.posterior()
         rel = [post[m] for m in self.models if self.model_family[m] == family]
         ev = np.array([a + b - 2.0 for a, b in rel])
@@ -612,6 +698,49 @@ def _number(x, name: str) -> float:
     return v
 
 
+def _linear_setup(rd, models: list[str], families: dict[str, str], featurizer, fit, warm: bool) -> dict:
+    """Router arguments of linear_thompson from a dataset's training split: featurizer and weight priors."""
+    train = rd.split("train")
+    if featurizer is None:
+        featurizer, _ = featurizer_for_table(train)
+    out = dict(featurizer=featurizer)
+    if isinstance(fit, str) and fit == "flat":
+        return out
+    rows = train_rows(train, models, featurizer, {m: families.get(m) or family_of(m) for m in models})
+    if fit is None:
+        fit = fit_linear(rows)
+    if np.shape(fit.w_global)[0] != featurizer.dim:
+        raise ValueError(f"Router.from_data: linear_fit has {np.shape(fit.w_global)[0]} weights, the featurizer "
+                         f"gives {featurizer.dim} features")
+    per_fam = linear_prior(fit, np.arange(len(rows.families)), "family")
+    glob = linear_prior(fit, np.array([-1]), "cold")
+    kind = dict(x=rows.x, quality=rows.quality, arm=rows.arm) if warm else {}
+    per_model = linear_prior(fit, rows.family_of_arm, "warm" if warm else "family", **kind)
+    out.update(family_linear_priors={f: (per_fam.mean[j], per_fam.cov[j], per_fam.noise[j])
+                                     for j, f in enumerate(rows.families)},
+               global_linear_prior=(glob.mean[0], glob.cov[0], glob.noise[0]),
+               linear_priors={m: (per_model.mean[j], per_model.cov[j], per_model.noise[j])
+                              for j, m in enumerate(models)})
+    return out
+
+
+def _lin_prior(prior, d: int, what: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """A checked (mean (D,), cov (D, D) symmetric, noise > 0) linear prior."""
+    try:
+        mean, cov, noise = prior
+        mean = np.asarray(mean, np.float32).reshape(-1)
+        cov = np.asarray(cov, np.float32)
+        noise = float(noise)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Router: the {what} linear prior must be (mean, cov, noise): {exc}") from exc
+    if mean.shape != (d,) or cov.shape != (d, d):
+        raise ValueError(f"Router: the {what} linear prior must be mean ({d},), cov ({d}, {d}); got {mean.shape}, "
+                         f"{cov.shape}")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov)) and noise > 0 and math.isfinite(noise)):
+        raise ValueError(f"Router: the {what} linear prior must be finite with noise > 0")
+    return mean, 0.5 * (cov + cov.T), noise
+
+
 def cost_scale_of(table, models: Sequence[str], tokens, prices: Mapping | None = None) -> float:
     """The simulator's cost unit for a table: max over models of the mean predicted cost per query (USD).
 
@@ -648,10 +777,21 @@ def cost_scale_of(table, models: Sequence[str], tokens, prices: Mapping | None =
 
 def _router_to_state(r) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     st = r.pstate
-    arrays = {"state/n": st.n, "state/s": st.s, "state/s_comp": st.s_comp, "state/prior_a": st.prior_a,
-              "state/prior_b": st.prior_b, "family": r._family, "prices": r._prices, "stats": r.stats,
+    arrays = {"family": r._family, "prices": r._prices, "stats": r.stats,
               "totals": r.totals, "key/noise": jax.random.key_data(r._k_noise),
               "key/fallback": jax.random.key_data(r._k_fb)}
+    linear_meta = None
+    if r.linear:  # posteriors, the featurizer and the priors add_model takes (arrays, checksummed like the rest)
+        arrays.update({"state/mean": st.mean, "state/cov": st.cov})
+        arrays.update({f"featurizer/{k}": v for k, v in r.featurizer.to_arrays().items()})
+        fams = sorted(r.family_linear_priors)
+        for name, (m, c, n) in [("global", r.global_linear_prior)] + [(f"family{j}", r.family_linear_priors[f])
+                                                                      for j, f in enumerate(fams)]:
+            arrays.update({f"linear/{name}/mean": m, f"linear/{name}/cov": c, f"linear/{name}/noise": np.float64(n)})
+        linear_meta = dict(families=fams)
+    else:
+        arrays.update({"state/n": st.n, "state/s": st.s, "state/s_comp": st.s_comp, "state/prior_a": st.prior_a,
+                       "state/prior_b": st.prior_b})
     arrays.update({f"hyper/{k}": v for k, v in r.hyper._asdict().items()})
     arrays = {k: np.asarray(jax.device_get(v)) for k, v in arrays.items()}
     tok_arrays, tok_meta = r.tokens.to_state()
@@ -660,17 +800,25 @@ def _router_to_state(r) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 capacity=r.capacity, chunk=r.chunk, cost_scale=r.cost_scale, family_strength=r.family_strength,
                 step=r.step, slots=r.slots, model_family=r.model_family, family_names=r.family_names,
                 pending=r.pending, key_impl=str(jax.random.key_impl(r._k_noise)),
-                tokens=dict(kind=r.tokens.kind, meta=tok_meta))
+                tokens=dict(kind=r.tokens.kind, meta=tok_meta), linear=linear_meta)
     return arrays, meta
 
 
 def _restore(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, path):
     cap = int(meta["capacity"])
-    state_file.need(arrays, ["state/n", "state/s", "state/s_comp", "state/prior_a", "state/prior_b", "family", "prices",
-                   "stats", "totals", "key/noise", "key/fallback"] + [f"hyper/{f}" for f in Hyper._fields], path)
-    shapes = {"state/n": (1, cap), "state/s": (1, cap), "state/s_comp": (1, cap), "state/prior_a": (1, cap),
-              "state/prior_b": (1, cap), "family": (cap,), "prices": (cap, 2), "stats": (cap, 5),
-              "totals": (3,)}
+    linear = meta["policy"] == "linear_thompson"
+    post = ["state/mean", "state/cov", "featurizer/kind", "linear/global/mean", "linear/global/cov",
+            "linear/global/noise"] if linear else ["state/n", "state/s", "state/s_comp", "state/prior_a", "state/prior_b"]
+    state_file.need(arrays, post + ["family", "prices", "stats", "totals", "key/noise", "key/fallback"]
+                    + [f"hyper/{f}" for f in Hyper._fields if linear or not f.startswith("lin_")], path)
+    shapes = {"family": (cap,), "prices": (cap, 2), "stats": (cap, 5), "totals": (3,)}
+    if linear:
+        d = arrays["state/mean"].shape[-1]
+        shapes.update({"state/mean": (cap, d), "state/cov": (cap, d, d), "hyper/lin_mean": (cap, d),
+                       "hyper/lin_cov": (cap, d, d), "hyper/lin_noise": (cap,)})
+    else:
+        shapes.update({"state/n": (1, cap), "state/s": (1, cap), "state/s_comp": (1, cap), "state/prior_a": (1, cap),
+                       "state/prior_b": (1, cap)})
     for k, shp in shapes.items():
         if arrays[k].shape != shp:
             raise state_file.RouterStateError(f"{path}: array {k!r} has shape {arrays[k].shape}, expected {shp}")
@@ -694,17 +842,40 @@ def _restore(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, path):
     r._prices = arrays["prices"].astype(np.float64)
     r._family = arrays["family"].astype(np.int32)
     r._dev_cache = None
-    r.hyper = Hyper(**{f: jnp.asarray(arrays[f"hyper/{f}"], jnp.float32) for f in Hyper._fields})
+    # files from before the linear routers lack hyper/lin_*: their (unused) defaults
+    dflt = default_hyper(cap)
+    r.hyper = Hyper(**{f: jnp.asarray(arrays[f"hyper/{f}"] if f"hyper/{f}" in arrays else getattr(dflt, f), jnp.float32)
+                       for f in Hyper._fields})
     r._k_noise = jax.random.wrap_key_data(arrays["key/noise"])
     r._k_fb = jax.random.wrap_key_data(arrays["key/fallback"])
     r.step = int(meta["step"])
     r.pending = {k: dict(v) for k, v in meta["pending"].items()}
     r.stats = arrays["stats"].astype(np.float64)
     r.totals = arrays["totals"].astype(np.float64)
-    r.pstate = BetaState(jnp.asarray(arrays["state/n"], jnp.int32), jnp.asarray(arrays["state/s"], jnp.float32),
-                         jnp.asarray(arrays["state/s_comp"], jnp.float32),
-                         jnp.asarray(arrays["state/prior_a"], jnp.float32),
-                         jnp.asarray(arrays["state/prior_b"], jnp.float32))
+    r.linear = linear
+    if linear:
+        r.pstate = LinState(jnp.asarray(arrays["state/mean"], jnp.float32), jnp.asarray(arrays["state/cov"], jnp.float32))
+        try:
+            r.featurizer = featurizer_from_arrays({k[11:]: v for k, v in arrays.items() if k.startswith("featurizer/")})
+        except (KeyError, IndexError, ValueError) as exc:
+            raise state_file.RouterStateError(f"{path}: the query featurizer is unreadable ({exc})") from exc
+        if r.featurizer.dim != d:
+            raise state_file.RouterStateError(f"{path}: the featurizer gives {r.featurizer.dim} features, the "
+                                              f"posteriors have {d}")
+
+        def lin(name):
+            state_file.need(arrays, [f"linear/{name}/{f}" for f in ("mean", "cov", "noise")], path)
+            return _lin_prior((arrays[f"linear/{name}/mean"], arrays[f"linear/{name}/cov"],
+                               float(arrays[f"linear/{name}/noise"])), d, name)
+
+        r.global_linear_prior = lin("global")
+        r.family_linear_priors = {f: lin(f"family{j}") for j, f in enumerate(meta["linear"]["families"])}
+    else:
+        r.featurizer = None
+        r.pstate = BetaState(jnp.asarray(arrays["state/n"], jnp.int32), jnp.asarray(arrays["state/s"], jnp.float32),
+                             jnp.asarray(arrays["state/s_comp"], jnp.float32),
+                             jnp.asarray(arrays["state/prior_a"], jnp.float32),
+                             jnp.asarray(arrays["state/prior_b"], jnp.float32))
     missing = [m for m in r.models if m not in _known_models(r.tokens)]
     if missing:
         raise state_file.RouterStateError(f"{path}: the token model has no forecast for routed models {missing}")

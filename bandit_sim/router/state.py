@@ -7,6 +7,11 @@ Layout (format "bandit-sim-router", VERSION 1):
   ``prices`` (C, 2) float64 USD per token, ``stats`` (C, 5) float64 per-slot counters, ``totals`` (3,),
   ``key/noise`` and ``key/fallback`` (PRNG key data, uint32), ``tokens/<name>`` (the token forecaster's arrays:
   posterior draws and standardiser, or the stand-in's statistics);
+- with ``policy == "linear_thompson"``, instead of the Beta arrays: ``state/mean`` (C, D) and ``state/cov``
+  (C, D, D) float32 weight posteriors, ``featurizer/<name>`` (the query featurizer's arrays,
+  `bandit_sim.data.text_features`), ``linear/global/{mean,cov,noise}`` and ``linear/family<j>/{mean,cov,noise}``
+  (the priors `add_model` takes; family names in the JSON's ``linear.families``); older readers refuse such a file
+  naming the missing Beta arrays. ``hyper/lin_*`` absent from older files take their defaults;
 - ``__meta__``: UTF-8 JSON (uint8) with format, version, policy, options, capacity, chunk, cost_scale,
   family_strength, step counter, model per slot, families, pending decisions, the forecaster's kind and metadata,
   and a SHA-256 of every array (checked on load).

@@ -13,6 +13,8 @@ mean something. Shapes: a leading arm axis K where noted, any trailing axes (epi
 - `observe`: the environment's observe step: the reward, the instantaneous regret and the Kahan-compensated
   totals and convergence window (`Accumulators`).
 - `kahan_add`, `argmax_first`: the compensated sum and the first-index argmax every path shares.
+- `linear_moments`, `linear_draw`, `linear_update`: the linear-Gaussian routers (sim/linear.py): the exact
+  Thompson scalar x'w_k ~ N(x'm_k, x'S_k x) and the rank-one (Kalman / Sherman-Morrison) posterior step.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["utility", "explore_rate", "hindsight_mean", "donor_weights", "pseudo_count_prior", "family_prior", "Accumulators",
-           "init_accumulators", "observe", "convergence", "kahan_add", "argmax_first"]
+           "init_accumulators", "observe", "convergence", "kahan_add", "argmax_first",
+           "linear_moments", "linear_draw", "linear_update", "linear_step"]
 
 
 def kahan_add(s, comp, x):
@@ -166,3 +169,47 @@ def convergence(acc: Accumulators, steps: int):
     converged is False when the last step itself was above it.
     """
     return acc.last_above + 1, acc.last_above < steps - 1
+
+
+def linear_moments(x, mean, cov):
+    """Mean x'm_k and variance x'S_k x of the scalar x'w_k for every arm k (w_k ~ N(m_k, S_k)).
+
+    Leading axes (episodes) broadcast; the products are matrix-vector contractions (`einsum`), which XLA:CPU runs
+    several times faster than the same sums written elementwise (measured at K = 11, D = 33).
+
+    Args:
+      x: (*E, D) features. mean: (*E, K, D). cov: (*E, K, D, D) (symmetric). *E: any leading (episode) axes.
+    Returns:
+      (m (*E, K), v (*E, K) clamped at >= 0, sx (*E, K, D) = S_k x).
+    """
+    m = jnp.einsum("...kd,...d->...k", mean, x)
+    sx = jnp.einsum("...kij,...j->...ki", cov, x)
+    v = jnp.maximum(jnp.einsum("...ki,...i->...k", sx, x), 0.0)
+    return m, v, sx
+
+
+def linear_draw(m, v, z):
+    """Thompson draw of the quality x'w_k = m + sqrt(v) z, clipped to the quality range [0, 1]."""
+    return jnp.clip(m + jnp.sqrt(v) * z, 0.0, 1.0)
+
+
+def linear_update(mean_a, cov_a, x, r, noise):
+    """Rank-one posterior step of one arm after observing reward r at x (q = x'w + eps, eps ~ N(0, noise)).
+
+    With s = noise + x'S x and Sx = S x:  m' = m + Sx (r - x'm) / s,  S' = S - Sx Sx' / s  (Sherman-Morrison on
+    the precision; the outer product is formed before dividing so S' stays exactly symmetric). Returns the
+    increments, so a caller adds them to the chosen arm only (`.at[arm].add`).
+
+    Args:
+      mean_a: (*E, D). cov_a: (*E, D, D). x: (*E, D). r: (*E) reward. noise: (*E) or () variance.
+    Returns:
+      (d_mean (*E, D), d_cov (*E, D, D)).
+    """
+    return linear_step(jnp.einsum("...ij,...j->...i", cov_a, x), mean_a, x, r, noise)
+
+
+def linear_step(sx, mean_a, x, r, noise):
+    """`linear_update` given sx = S_a x (e.g. the chosen arm's row of `linear_moments`' sx, computed once per step)."""
+    s = noise + jnp.sum(sx * x, -1)
+    resid = r - jnp.sum(mean_a * x, -1)
+    return sx * (resid / s)[..., None], -(sx[..., :, None] * sx[..., None, :]) / s[..., None, None]

@@ -50,9 +50,9 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
     def step(carry, xs):
         pstate, acc, choices = carry
         t, nz, u_r, row = xs
-        n_row, avail, best, pred_cost, pred_unc, feats, cat, qual, cost, mu = row
+        n_row, avail, best, pred_cost, pred_unc, feats, cat, qual, cost, mu, x = row
         ctx = Context(t=t, avail=avail, pred_cost=pred_cost, pred_unc=pred_unc, features=feats,
-                      category=cat, quality=qual, cost=cost)
+                      category=cat, quality=qual, cost=cost, x=x)
         # select
         draws = pol.sample(pstate, nz, k_fb, ctx)
         arm = pol.choose(pstate, draws, ctx)
@@ -78,7 +78,7 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
         mu = mu_all[idx]
         best = jnp.max(jnp.where(avail, mu, -jnp.inf), -1)
         rows = (idx, avail, best, world.pred_cost[idx], world.pred_unc[idx], world.features[idx],
-                world.category[idx], world.quality[idx], world.cost[idx], mu)
+                world.category[idx], world.quality[idx], world.cost[idx], mu, world.x[idx])
         xs = (ts, nz, u_r, rows)
         # index the chunk's arrays inside the step instead of scanning over them: under vmap a scanned
         # input is transposed to step-major in bulk, and XLA fuses that transpose into the noise

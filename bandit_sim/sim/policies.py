@@ -53,6 +53,7 @@ __all__ = [
     "policy_name",
     "thompson", "contextual_thompson", "simple_utility", "epsilon_greedy", "ucb1", "random_policy", "arm_utility_means",
     "always_premium", "cheapest", "threshold", "best_fixed", "oracle", "kahan_add",
+    "LinState", "LinDraws", "linear_thompson", "linucb",
 ]
 
 
@@ -69,20 +70,30 @@ class Hyper(NamedTuple):
     ucb_c: jax.Array  # () float32 UCB1 exploration scale
     threshold: jax.Array  # () float32 threshold router: premium when features[0] > threshold
     family_strength: jax.Array  # () float32 pseudo-count cap of the online family prior (0 = off)
+    lin_mean: jax.Array  # (K, D) float32 linear routers: prior mean of each arm's weights w_k (sim/linear.py)
+    lin_cov: jax.Array  # (K, D, D) float32 prior covariance of w_k
+    lin_noise: jax.Array  # (K,) float32 observation noise variance sigma_k^2 of q = x'w_k + eps
 
 
-def default_hyper(k: int, threshold: float = 0.0, **overrides) -> Hyper:
+def default_hyper(k: int, threshold: float = 0.0, d: int | None = None, **overrides) -> Hyper:
     """Hyper-parameters with the research defaults (lam 0.3, gam 0.25, Beta(1, 1), decay 0.95, min 0.05).
+
+    The linear routers' prior defaults to w_k ~ N(0, I_D), sigma_k^2 = 0.1 (build real ones with
+    `bandit_sim.sim.linear.linear_prior`).
 
     Args:
       k: number of arms.
       threshold: complexity threshold (use the median of world.features[:, 0]).
-      **overrides: any Hyper field (scalars or (K,) arrays for the priors).
+      d: D, the width of World.x (default: from an overridden lin_mean, else 1 = bias only).
+      **overrides: any Hyper field (scalars or (K,) arrays for the priors; (K, D), (K, D, D), (K,) for lin_*).
     Returns:
       Hyper of float32 arrays.
     """
+    if d is None:
+        d = np.shape(overrides["lin_mean"])[-1] if "lin_mean" in overrides else 1
     vals = dict(lam=0.3, gam=0.25, prior_alpha=np.ones(k), prior_beta=np.ones(k), explore_decay=0.95,
-                min_explore=0.05, epsilon=0.1, ucb_c=1.0, threshold=threshold, family_strength=0.0)
+                min_explore=0.05, epsilon=0.1, ucb_c=1.0, threshold=threshold, family_strength=0.0,
+                lin_mean=np.zeros((k, d)), lin_cov=np.broadcast_to(np.eye(d), (k, d, d)), lin_noise=np.full(k, 0.1))
     bad = set(overrides) - set(vals)
     if bad:
         raise ValueError(f"default_hyper: unknown fields {sorted(bad)}; valid: {sorted(vals)}")
@@ -94,6 +105,11 @@ def default_hyper(k: int, threshold: float = 0.0, **overrides) -> Hyper:
             raise ValueError(f"default_hyper: {n} must have shape ({k},) or (categories, {k}), got {a.shape}")
         if not bool(jnp.all(a > 0)):
             raise ValueError(f"default_hyper: {n} must be > 0")
+    for n, shape in (("lin_mean", (k, d)), ("lin_cov", (k, d, d)), ("lin_noise", (k,))):
+        if getattr(out, n).shape != shape:
+            raise ValueError(f"default_hyper: {n} must have shape {shape}, got {getattr(out, n).shape}")
+    if not bool(jnp.all(out.lin_noise > 0)):
+        raise ValueError("default_hyper: lin_noise must be > 0")
     return out
 
 
@@ -108,6 +124,7 @@ class Context(NamedTuple):
     category: jax.Array  # () int32
     quality: jax.Array  # (K,) float32 observed quality: hindsight policies (oracle) only
     cost: jax.Array  # (K,) float32 realised cost: hindsight policies (oracle) only
+    x: jax.Array  # (D,) float32 the linear routers' query features (World.x row; x[0] = 1)
 
 
 class Policy(NamedTuple):
@@ -470,6 +487,109 @@ def oracle(hyper: Hyper, world: World) -> Policy:
     return Policy(_no_state, _no_noise, lambda st, nz, key, ctx: nz, choose, _keep)
 
 
+# ---------------------------------------------------------------- linear-Gaussian policies on query features
+
+
+class LinState(NamedTuple):
+    mean: jax.Array  # (K, D) float32 posterior mean m_k of each arm's weights
+    cov: jax.Array  # (K, D, D) float32 posterior covariance S_k
+
+
+class LinDraws(NamedTuple):
+    pi: jax.Array  # (K,) quality estimate: the Thompson draw (clipped to [0, 1]) or the LinUCB index
+    z: jax.Array  # (K,) standard normals of the draw (zeros for LinUCB)
+    u: jax.Array  # () exploration coin
+    g: jax.Array  # (K,) random-arm uniforms
+
+
+def _check_linear(hyper: Hyper, world: World, name: str) -> None:
+    d = world.x.shape[-1]
+    if hyper.lin_mean.shape[-1] != d or hyper.lin_cov.shape[-2:] != (d, d):
+        raise ValueError(f"{name}: hyper.lin_mean/lin_cov are for D = {hyper.lin_mean.shape[-1]} features but "
+                         f"World.x has D = {d}; build them with bandit_sim.sim.linear.linear_prior "
+                         f"(or default_hyper(k, d={d}))")
+
+
+def _lin_init(hyper: Hyper):
+    return lambda: LinState(hyper.lin_mean.astype(jnp.float32), hyper.lin_cov.astype(jnp.float32))
+
+
+def _lin_update(hyper: Hyper):
+    def update(state: LinState, arm, reward, ctx: Context):
+        # gather the chosen arm, add its rank-one increment in place (cheaper than a masked update of all K
+        # arms: the state is K*D^2 floats)
+        dm, dc = formulas.linear_update(state.mean[arm], state.cov[arm], ctx.x, reward, hyper.lin_noise[arm])
+        return LinState(state.mean.at[arm].add(dm), state.cov.at[arm].add(dc))
+
+    return update
+
+
+def linear_thompson(hyper: Hyper, world: World) -> Policy:
+    """Linear Thompson sampling (Agrawal & Goyal 2013) on the query features World.x, one Gaussian per arm.
+
+    Model: q = x'w_k + eps, eps ~ N(0, lin_noise_k), w_k ~ N(lin_mean_k, lin_cov_k) (conjugate, known noise).
+    Decision: only x'w_k matters, and it is exactly N(x'm_k, x'S_k x): draw that scalar per arm,
+    pi_k = clip(x'm_k + sqrt(x'S_k x) z_k, 0, 1), arm = argmax_k pi_k - lam*pred_cost_k - gam*pred_unc_k, except
+    with probability eps_t = max(min_explore, explore_decay**t) a uniformly random available arm (as `thompson`;
+    min_explore = explore_decay = 0 for pure Thompson). Update: the chosen arm's rank-one step
+    (`formulas.linear_update`). Priors (cold / family / warm) come from `bandit_sim.sim.linear.linear_prior`.
+
+    Args:
+      hyper, world: as for `thompson` (hyper.lin_* sized for world.x's D).
+    Returns:
+      Policy.
+    """
+    _check_linear(hyper, world, "linear_thompson")
+    k = hyper.lin_mean.shape[-2]
+
+    def noise(key, n):
+        # the Thompson policies' seed streams: coin and random-arm uniforms, then the normals
+        seeds = sampling.noise_seeds(key, (n,))
+        ug = jax.vmap(lambda sd: sampling.seed_uniforms(sd, (k + 1,), _COIN_STREAM))(seeds)
+        z = jax.vmap(lambda sd: sampling.seed_normals(sd, (k,), _GAUSS_STREAM))(seeds)
+        return LinDraws(jnp.zeros((n, k), jnp.float32), z, ug[:, 0], ug[:, 1:])
+
+    def sample(state: LinState, nz: LinDraws, key, ctx: Context):
+        m, v, _ = formulas.linear_moments(ctx.x, state.mean, state.cov)
+        return nz._replace(pi=formulas.linear_draw(m, v, nz.z))
+
+    def choose(state, d: LinDraws, ctx: Context):
+        eps = formulas.explore_rate(ctx.t, hyper.explore_decay, hyper.min_explore)
+        greedy = _argmax(_utility(d.pi, ctx, hyper))
+        return jnp.where(d.u < eps, _random_arm(d.g, ctx.avail), greedy)
+
+    return Policy(_lin_init(hyper), noise, sample, choose, _lin_update(hyper))
+
+
+def linucb(hyper: Hyper, world: World) -> Policy:
+    """Disjoint LinUCB (Li et al. 2010) on World.x with the utility: U_k = x'm_k + ucb_c*sqrt(x'S_k x) - costs.
+
+    Same posterior as `linear_thompson` (ridge regression per arm: with lin_mean = 0, lin_cov = I and
+    lin_noise = 1, m_k = A_k^-1 b_k and S_k = A_k^-1 as in the paper); alpha is `hyper.ucb_c` (tune it on
+    validation). No forced exploration; ties go to the lowest arm.
+
+    Args:
+      hyper, world: as for `linear_thompson`.
+    Returns:
+      Policy.
+    """
+    _check_linear(hyper, world, "linucb")
+    k = hyper.lin_mean.shape[-2]
+
+    def noise(key, n):
+        z = jnp.zeros((n, k), jnp.float32)
+        return LinDraws(z, z, jnp.zeros((n,), jnp.float32), z)
+
+    def sample(state: LinState, nz: LinDraws, key, ctx: Context):
+        m, v, _ = formulas.linear_moments(ctx.x, state.mean, state.cov)
+        return nz._replace(pi=m + hyper.ucb_c * jnp.sqrt(v))
+
+    def choose(state, d: LinDraws, ctx: Context):
+        return _argmax(_utility(d.pi, ctx, hyper))
+
+    return Policy(_lin_init(hyper), noise, sample, choose, _lin_update(hyper))
+
+
 REGISTRY: dict[str, Callable[..., Policy]] = {
     "thompson": thompson,
     "contextual_thompson": contextual_thompson,
@@ -482,6 +602,8 @@ REGISTRY: dict[str, Callable[..., Policy]] = {
     "threshold": threshold,
     "best_fixed": best_fixed,
     "oracle": oracle,
+    "linear_thompson": linear_thompson,
+    "linucb": linucb,
 }
 """The one registry: command-line / report names -> policy factories."""
 

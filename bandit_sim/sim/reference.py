@@ -82,6 +82,10 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
     prior_a0 = np.broadcast_to(h["prior_alpha"], (rows, k)).astype(F)
     prior_b0 = np.broadcast_to(h["prior_beta"], (rows, k)).astype(F)
     prior_a, prior_b = prior_a0.copy(), prior_b0.copy()
+    # linear-Gaussian posteriors (linear_thompson, linucb): per arm mean (K, D) and covariance (K, D, D)
+    lin_m = np.array(h["lin_mean"], F)
+    lin_S = np.array(h["lin_cov"], F)
+    lin_noise = np.asarray(h["lin_noise"], F)
     sums = np.zeros(4, F)
     comp = np.zeros(4, F)
     choices = np.zeros(k, np.int64)
@@ -142,6 +146,20 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
             uu = util(idx.astype(F))
             uu = np.where((nn == 0) & avail, F(np.inf), uu)
             arm = int(np.argmax(uu))
+        elif policy in ("linear_thompson", "linucb"):
+            x = np.asarray(w.x[q_idx], F)
+            mean_x = (lin_m @ x).astype(F)  # x'm_k
+            var_x = np.maximum(np.einsum("kij,i,j->k", lin_S, x, x).astype(F), F(0))  # x'S_k x
+            if policy == "linucb":
+                arm = int(np.argmax(util((mean_x + h["ucb_c"] * np.sqrt(var_x)).astype(F))))
+            else:
+                if draws is None:
+                    z, u, g = rng.standard_normal(k).astype(F), F(rng.random()), rng.random(k).astype(F)
+                else:
+                    z, u, g = draw(t, "z"), draw(t, "u"), draw(t, "g")
+                pi = np.clip(mean_x + np.sqrt(var_x) * z, F(0), F(1)).astype(F)
+                eps = max(h["min_explore"], F(h["explore_decay"] ** F(t)))
+                arm = _random_arm(g, avail) if u < eps else int(np.argmax(util(pi)))
         elif policy == "random":
             g = rng.random(k).astype(F) if draws is None else np.asarray(draws)[t]
             arm = _random_arm(g, avail)
@@ -184,8 +202,14 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
                         n_eff = min(h["family_strength"], n_f)
                         prior_a[:, i] = prior_a0[:, i] + mm * n_eff
                         prior_b[:, i] = prior_b0[:, i] + (F(1) - mm) * n_eff
-        for j, x in enumerate((r, q, cost[arm], inst)):
-            sums[j], comp[j] = _kahan(sums[j], comp[j], x)
+        if policy in ("linear_thompson", "linucb"):
+            # Sherman-Morrison step of the chosen arm: S' = S - Sx x'S / (noise + x'Sx), m' = m + Sx (r - x'm) / (...)
+            Sx = (lin_S[arm] @ x).astype(F)
+            denom = F(lin_noise[arm] + F(x @ Sx))
+            lin_m[arm] += Sx * F(F(r - F(x @ lin_m[arm])) / denom)
+            lin_S[arm] -= (np.outer(Sx, Sx) / denom).astype(F)
+        for j, v in enumerate((r, q, cost[arm], inst)):
+            sums[j], comp[j] = _kahan(sums[j], comp[j], v)
         choices[arm] += 1
         window[t % conv_window] = inst
         mean = F(window.sum(dtype=F) / F(min(t + 1, conv_window)))
@@ -195,4 +219,4 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
 
     return dict(arm=out_arm, reward_t=out_r, regret_t=out_inst, reward=sums[0], quality=sums[1], cost=sums[2],
                 regret=sums[3], choices=choices, convergence=last_above + 1, converged=last_above < steps - 1,
-                state=dict(n=n, s=s, prior_a=prior_a, prior_b=prior_b))
+                state=dict(n=n, s=s, prior_a=prior_a, prior_b=prior_b, lin_mean=lin_m, lin_cov=lin_S))

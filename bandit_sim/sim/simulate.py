@@ -1,8 +1,8 @@
 """`simulate`: run thousands of routing episodes (over a grid of hyper-parameters) in one compiled call.
 
 Nesting (gymnax/purejaxrl style): each episode is a ``lax.scan`` over chunks of steps; episodes are batched by one
-of two kernels -- `bandit_sim.sim.batched` (Thompson sampling hand-batched over episodes, the default for the
-policies it declares in ``batched.SERVES``) or `bandit_sim.sim.kernel` (every policy's one-episode step, vmapped);
+of three kernels -- `bandit_sim.sim.batched` (Thompson sampling hand-batched over episodes, the default for the
+policies it declares in ``batched.SERVES``), `bandit_sim.sim.batched_linear` (linear Thompson sampling, likewise) or `bandit_sim.sim.kernel` (every policy's one-episode step, vmapped);
 ``vmap`` over a grid of hyper-parameters (a leading axis on every Hyper leaf); the episode axis sharded over all
 local devices with ``shard_map`` on a 1-D mesh; one ``jit`` outside. Both kernels compute the same episodes
 (tests/test_batched.py) from the same formulas (`bandit_sim.sim.formulas`).
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from bandit_sim.sim import batched, kernel
+from bandit_sim.sim import batched, batched_linear, kernel
 from bandit_sim.sim.episode import Metrics, Trajectory, chunk_length
 from bandit_sim.sim.policies import Hyper, resolve_policy
 from bandit_sim.sim.world import World
@@ -36,7 +36,13 @@ def _simulate_impl(world, key, hyper, conv_threshold, *, policy, options, episod
     TRACE_COUNT["simulate"] += 1
     grid = hyper.lam.ndim == 1
     if impl == "batched":
+        fast = batched_linear if policy in batched_linear.SERVES else batched
+
         def f(h, keys):
+            if fast is batched_linear:
+                return fast.run_episodes(h, world, keys, conv_threshold, policy=policy, options=options,
+                                         steps=steps, chunk=chunk, reward_mode=reward_mode,
+                                         conv_window=conv_window), None
             out = batched.run_episodes(h, world, keys, conv_threshold, policy=policy, options=options, steps=steps,
                                        chunk=chunk, reward_mode=reward_mode, conv_window=conv_window,
                                        record=trajectories == "arms")
@@ -71,9 +77,10 @@ def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajecto
         raise ValueError(f"simulate: reward must be 'observed' or 'bernoulli', got {reward!r}")
     if impl not in IMPLS:
         raise ValueError(f"simulate: impl must be one of {IMPLS}, got {impl!r}")
-    fast = batched.serves(policy, dict(options), trajectories)
+    fast = (batched.serves(policy, dict(options), trajectories)
+            or batched_linear.serves(policy, dict(options), trajectories))
     if impl == "batched" and not fast:
-        raise ValueError(f"simulate: impl='batched' runs the Thompson policies without "
+        raise ValueError(f"simulate: impl='batched' runs the Thompson policies (Beta and linear) without "
                          f"trajectories; got policy={policy!r}, options={dict(options)}, trajectories={trajectories}")
     if impl == "auto":
         impl = "batched" if fast else "generic"

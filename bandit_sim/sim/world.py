@@ -42,6 +42,7 @@ class World(NamedTuple):
     arrival_step: np.ndarray  # (K,) int32 first step at which the model may be chosen
     mask: np.ndarray  # (N, K) bool True where the (query, model) entry exists
     prices: np.ndarray  # (K, 2) float32 USD per input / output token
+    x: np.ndarray  # (N, D) float32 query features of the linear routers, column 0 = 1 (bias); D = 1: bias only
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ def validate_world(w: World) -> None:
             raise ValueError(f"World.{name} has shape {np.shape(getattr(w, name))}, expected {(n, k)}")
     if np.ndim(w.features) != 2 or np.shape(w.features)[0] != n:
         raise ValueError(f"World.features has shape {np.shape(w.features)}, expected ({n}, F)")
+    if np.ndim(w.x) != 2 or np.shape(w.x)[0] != n or np.shape(w.x)[1] < 1:
+        raise ValueError(f"World.x has shape {np.shape(w.x)}, expected ({n}, D) with D >= 1")
+    if not np.all(np.isfinite(np.asarray(w.x))):
+        r = int(np.argwhere(~np.isfinite(np.asarray(w.x)))[0, 0])
+        raise ValueError(f"World.x: query row {r} has a non-finite feature")
     if np.shape(w.category) != (n,):
         raise ValueError(f"World.category has shape {np.shape(w.category)}, expected ({n},)")
     for name in ("family", "arrival_step"):
@@ -110,7 +116,7 @@ def pivot_index(table, split: str | None = "test") -> tuple[list[str], list[str]
 def world_from_table(table, split: str | None = "test",
                      pred: tuple[np.ndarray, np.ndarray] | None = None,
                      arrival: dict[str, int] | None = None,
-                     features: np.ndarray | None = None,
+                     features: np.ndarray | None = None, x: np.ndarray | None = None,
                      cost_scale: float | None = None) -> tuple[World, WorldInfo]:
     """Pivot the tidy table to a World of (N, K) arrays.
 
@@ -124,6 +130,8 @@ def world_from_table(table, split: str | None = "test",
       cost_scale: USD per unit of normalised cost; None -> the largest mean predicted cost per query among the
         models on this split. Give one scale to Worlds that must share units (validation and test of a fold, the
         two arms of a cold-start comparison).
+      x: optional (N, D) features of the linear routers aligned with `pivot_index(table, split)` (e.g.
+        `text_features.transform_table(featurizer, table, prompt_ids)`, column 0 the bias); None -> bias only (N, 1).
     Returns:
       (World, WorldInfo).
     """
@@ -205,6 +213,9 @@ def world_from_table(table, split: str | None = "test",
     features = np.asarray(features, np.float32)
     if features.shape[0] != n:
         raise ValueError(f"world_from_table: features has {features.shape[0]} rows, expected {n}")
+    x = np.ones((n, 1), np.float32) if x is None else np.asarray(x, np.float32)
+    if x.ndim != 2 or x.shape[0] != n:
+        raise ValueError(f"world_from_table: x has shape {x.shape}, expected ({n}, D)")
 
     fam_of_model = t.groupby("model")["family"].first().reindex(models)
     families = tuple(sorted(fam_of_model.unique()))
@@ -228,6 +239,7 @@ def world_from_table(table, split: str | None = "test",
         arrival_step=np.array([arrival.get(m, 0) for m in models], np.int32),
         mask=mask,
         prices=prices.astype(np.float32),
+        x=x,
     )
     validate_world(w)
     info = WorldInfo(models=tuple(models), families=families, categories=categories,
@@ -276,6 +288,7 @@ def toy_world(n: int = 200, k: int = 5, f: int = 3, n_categories: int = 2, seed:
         arrival_step=np.zeros(k, np.int32) if arrival_step is None else np.asarray(arrival_step, np.int32),
         mask=mask,
         prices=np.stack([price * 0.3, price], 1).astype(np.float32),
+        x=np.ones((n, 1), np.float32),
     )
     validate_world(w)
     info = WorldInfo(models=tuple(f"m{i}" for i in range(k)), families=("A", "B"),

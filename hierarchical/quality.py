@@ -1,0 +1,201 @@
+"""Hierarchical linear model of answer quality on query features, fit by SVI: the linear routers' priors.
+
+Model (D features with the bias first, K models, G families, family f(k) of model k):
+
+    w_global                 ~ Normal(0, prior_scale^2 I_D)
+    tau_global, tau_family   ~ HalfNormal(0.5)
+    w_f      = w_global + tau_global * z_f,          z_f ~ Normal(0, I_D)      (non-centred)
+    w_k      = w_{f(k)} + tau_family * z_k,           z_k ~ Normal(0, I_D)
+    sigma_k                  ~ HalfNormal(0.5)
+    q_n                      ~ Normal(x_n' w_{k_n}, sigma_{k_n}^2)
+
+i.e. w_k ~ N(w_family(k), tau_family^2 I), w_family ~ N(w_global, tau_global^2 I). Fit: SVI with an AutoNormal
+guide and optax Adam (warm-up + cosine decay), the step compiled once per static configuration and run in chunks
+of a `lax.scan` (the patterns of `hierarchical.fit`); rows are padded to a multiple of `PAD_ROWS` with zero weight
+so refitting on another split does not recompile. The result (`QualityFit`) holds posterior means and standard
+deviations of the weights at every level, the two scales and the per-model noise, which is what
+`bandit_sim.sim.linear.linear_prior` turns into the routers' cold / family / warm priors.
+
+Arrays in, arrays out; no dependency on bandit_sim.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoNormal
+
+__all__ = ["QualityFit", "QualityConfig", "quality_model", "fit_quality", "PAD_ROWS"]
+
+PAD_ROWS = 4096
+
+
+class QualityConfig(NamedTuple):
+    """SVI settings (static: a change recompiles)."""
+
+    num_steps: int = 3000
+    chunk: int = 250
+    peak_lr: float = 0.03
+    warmup: int = 100
+    tol: float = 1e-4  # stop when the relative change of the chunk-mean loss is below tol ...
+    min_steps: int = 1000  # ... after at least this many steps
+    num_samples: int = 400  # guide draws behind the reported means and sds
+    prior_scale: float = 1.0  # sd of w_global's prior
+
+
+class QualityFit(NamedTuple):
+    """Posterior summaries of the hierarchical quality model (means and sds over the guide's draws)."""
+
+    w_global: np.ndarray  # (D,) float32
+    w_global_sd: np.ndarray  # (D,)
+    tau_global: np.ndarray  # () float32
+    tau_family: np.ndarray  # ()
+    w_family: np.ndarray  # (G, D)
+    w_family_sd: np.ndarray  # (G, D)
+    w_model: np.ndarray  # (K, D)
+    w_model_sd: np.ndarray  # (K, D)
+    noise_sd: np.ndarray  # (K,) sigma_k
+    family_of_model: np.ndarray  # (K,) int32
+    elbo: np.ndarray  # (steps,) float32 loss trace
+    meta: dict  # steps, converged, seconds, n_rows, ...
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every array field (for `hierarchical.storage.write_checked_npz`; meta goes to the JSON side)."""
+        return {k: np.asarray(v) for k, v in self._asdict().items() if k != "meta"}
+
+
+def quality_model(x, model_idx, weight, family_of_model, y=None, *, n_models: int, n_families: int,
+                  prior_scale: float = 1.0):
+    """The model of the module docstring (rows with weight 0 are padding).
+
+    Args:
+      x: (N, D) features (bias first). model_idx: (N,) int. weight: (N,) 1 for real rows, 0 for padding.
+      family_of_model: (K,) int. y: (N,) quality or None. n_models, n_families: K, G (static).
+      prior_scale: sd of w_global's prior.
+    """
+    d = x.shape[1]
+    w_global = numpyro.sample("w_global", dist.Normal(0.0, prior_scale).expand([d]).to_event(1))
+    tau_global = numpyro.sample("tau_global", dist.HalfNormal(0.5))
+    tau_family = numpyro.sample("tau_family", dist.HalfNormal(0.5))
+    z_fam = numpyro.sample("z_family", dist.Normal(0.0, 1.0).expand([n_families, d]).to_event(2))
+    z_mod = numpyro.sample("z_model", dist.Normal(0.0, 1.0).expand([n_models, d]).to_event(2))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(0.5).expand([n_models]).to_event(1))
+    w_family = w_global + tau_global * z_fam
+    w_model = w_family[family_of_model] + tau_family * z_mod
+    mu = jnp.sum(x * w_model[model_idx], -1)
+    with numpyro.plate("rows", x.shape[0]):
+        numpyro.sample("q", dist.Normal(mu, sigma[model_idx]).mask(weight > 0), obs=y)
+
+
+class _Runner(NamedTuple):
+    svi: SVI
+    guide: Any
+    init: Any
+    run_chunk: Any
+    draw: Any
+
+
+_RUNNERS: dict[tuple, _Runner] = {}
+
+
+def _runner(cfg: QualityConfig, k: int, g: int) -> _Runner:
+    key = (cfg, k, g)
+    if key in _RUNNERS:
+        return _RUNNERS[key]
+    model = partial(quality_model, n_models=k, n_families=g, prior_scale=cfg.prior_scale)
+    guide = AutoNormal(model, init_scale=0.05)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.peak_lr, cfg.warmup, max(cfg.num_steps, cfg.warmup + 1),
+                                                  end_value=cfg.peak_lr * 0.02)
+    svi = SVI(model, guide, optax.chain(optax.clip_by_global_norm(100.0), optax.adam(schedule)), Trace_ELBO())
+
+    @jax.jit
+    def run_chunk(state, data):
+        return jax.lax.scan(lambda s, _: svi.update(s, *data), state, None, length=cfg.chunk)
+
+    @jax.jit
+    def draw(rng, params, family_of_model):
+        s = guide.sample_posterior(rng, params, sample_shape=(cfg.num_samples,))
+        w_fam = s["w_global"][:, None, :] + s["tau_global"][:, None, None] * s["z_family"]
+        w_mod = w_fam[:, family_of_model] + s["tau_family"][:, None, None] * s["z_model"]
+        return dict(w_global=s["w_global"], tau_global=s["tau_global"], tau_family=s["tau_family"],
+                    w_family=w_fam, w_model=w_mod, sigma=s["sigma"])
+
+    r = _Runner(svi, guide, jax.jit(svi.init), run_chunk, draw)
+    _RUNNERS[key] = r
+    return r
+
+
+def fit_quality(x: np.ndarray, model_idx: np.ndarray, family_of_model: np.ndarray, quality: np.ndarray, *,
+                n_families: int | None = None, config: QualityConfig = QualityConfig(), seed: int = 0) -> QualityFit:
+    """Fit the hierarchical quality model by SVI on training rows.
+
+    Args:
+      x: (N, D) query features (bias first, e.g. `TextFeaturizer.transform`); finite.
+      model_idx: (N,) int model index in [0, K). family_of_model: (K,) int family index in [0, G).
+      quality: (N,) observed quality (finite).
+      n_families: G (default max(family_of_model) + 1). config: QualityConfig. seed: PRNG seed.
+    Returns:
+      QualityFit.
+    Raises:
+      ValueError: empty or mis-shaped arrays, non-finite values (the row is named), bad indices.
+    """
+    t0 = time.perf_counter()
+    x = np.asarray(x, np.float32)
+    m = np.asarray(model_idx)
+    fam = np.asarray(family_of_model)
+    y = np.asarray(quality, np.float32).reshape(-1)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"fit_quality: x must be a non-empty (N, D) array, got shape {x.shape}")
+    n = x.shape[0]
+    if m.shape != (n,) or y.shape != (n,):
+        raise ValueError(f"fit_quality: model_idx {m.shape} and quality {y.shape} must be ({n},)")
+    for name, a in (("x", x), ("quality", y)):
+        bad = ~np.isfinite(a.reshape(n, -1)).all(1)
+        if bad.any():
+            raise ValueError(f"fit_quality: {name} row {int(np.flatnonzero(bad)[0])} is not finite")
+    k = fam.shape[0]
+    if fam.ndim != 1 or k == 0 or m.min() < 0 or m.max() >= k:
+        raise ValueError(f"fit_quality: model_idx must lie in [0, {k}) with family_of_model (K,)")
+    g = int(fam.max()) + 1 if n_families is None else int(n_families)
+    if fam.min() < 0 or fam.max() >= g:
+        raise ValueError(f"fit_quality: family_of_model must lie in [0, {g})")
+    npad = -(-n // PAD_ROWS) * PAD_ROWS
+    pad = npad - n
+
+    def padded(a):
+        return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+
+    data = (jnp.asarray(padded(x)), jnp.asarray(padded(m.astype(np.int32))),
+            jnp.asarray(padded(np.ones(n, np.float32))), jnp.asarray(fam.astype(np.int32)), jnp.asarray(padded(y)))
+    r = _runner(config, k, g)
+    k_init, k_post = jax.random.split(jax.random.key(seed))
+    state = r.init(k_init, *data)
+    losses, means, converged = [], [], False
+    for i in range(-(-config.num_steps // config.chunk)):
+        state, chunk_losses = r.run_chunk(state, data)
+        chunk_losses = np.asarray(chunk_losses)  # one host sync per chunk
+        if not np.all(np.isfinite(chunk_losses)):
+            raise FloatingPointError(f"fit_quality: SVI loss became non-finite in chunk {i} (try a smaller peak_lr)")
+        losses.append(chunk_losses)
+        means.append(float(chunk_losses.mean()))
+        if len(means) >= 2 and (i + 1) * config.chunk >= config.min_steps:
+            if abs(means[-1] - means[-2]) / max(abs(means[-1]), 1e-8) < config.tol:
+                converged = True
+                break
+    s = {a: np.asarray(v, np.float64) for a, v in r.draw(k_post, r.svi.get_params(state), data[3]).items()}
+    mean = {a: v.mean(0).astype(np.float32) for a, v in s.items()}
+    sd = {a: v.std(0).astype(np.float32) for a, v in s.items()}
+    elbo = np.concatenate(losses).astype(np.float32)
+    meta = dict(method="svi", guide="normal", steps=int(elbo.shape[0]), converged=converged,
+                seconds=time.perf_counter() - t0, n_rows=n, seed=seed, final_loss=means[-1])
+    return QualityFit(mean["w_global"], sd["w_global"], mean["tau_global"], mean["tau_family"], mean["w_family"],
+                      sd["w_family"], mean["w_model"], sd["w_model"], mean["sigma"], fam.astype(np.int32), elbo, meta)

@@ -1,0 +1,44 @@
+"""The hierarchical quality model (hierarchical/quality.py) recovers known weights on data drawn from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hierarchical.quality import QualityConfig, fit_quality
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(0)
+    k, g, d, n_per = 6, 3, 4, 800
+    tau_g, tau_f = 0.3, 0.05
+    w_glob = np.array([0.5, 0.2, -0.1, 0.05])
+    w_fam = w_glob + tau_g * rng.normal(size=(g, d))
+    fam = np.arange(k) % g
+    w = w_fam[fam] + tau_f * rng.normal(size=(k, d))
+    sigma = rng.uniform(0.08, 0.2, k)
+    m = np.repeat(np.arange(k), n_per)
+    x = np.concatenate([np.ones((m.size, 1)), rng.normal(size=(m.size, d - 1))], 1)
+    q = np.sum(x * w[m], 1) + sigma[m] * rng.normal(size=m.size)
+    return dict(x=x, m=m, fam=fam, q=q, w=w, w_fam=w_fam, sigma=sigma, tau_f=tau_f)
+
+
+def test_fit_recovers_known_weights(world):
+    fit = fit_quality(world["x"], world["m"], world["fam"], world["q"],
+                      config=QualityConfig(num_steps=2500, min_steps=1500), seed=0)
+    assert np.isfinite(fit.elbo).all() and fit.w_model.shape == (6, 4) and fit.w_family.shape == (3, 4)
+    err = np.abs(fit.w_model - world["w"])
+    assert err.max() < 0.03, err  # ~800 rows per model: standard errors ~0.005
+    np.testing.assert_allclose(fit.noise_sd, world["sigma"], rtol=0.1)
+    # the family weights are pooled from their two models: close to the generating ones (within tau_family)
+    assert np.abs(fit.w_family - world["w_fam"]).max() < 4 * world["tau_f"]
+    assert 0.2 * world["tau_f"] < float(fit.tau_family) < 3 * world["tau_f"]
+    assert np.all(fit.w_model_sd > 0) and np.all(fit.w_model_sd < 0.02)
+
+
+def test_bad_input_named(world):
+    x = world["x"].copy()
+    x[7, 2] = np.nan
+    with pytest.raises(ValueError, match="x row 7"):
+        fit_quality(x, world["m"], world["fam"], world["q"])
