@@ -51,6 +51,7 @@ from bandit_sim.experiments.report import command_line, fmt, md_table, savefig, 
 from bandit_sim.experiments.stats import holm
 from bandit_sim.router import knn as KNN
 from bandit_sim.router import mf as MF
+from bandit_sim.sim.linear import flat_linear_prior, linear_posterior
 from bandit_sim.sim.priors import WARM_STRENGTH, warm_prior_from_train
 from hierarchical.storage import atomic_write
 
@@ -80,12 +81,21 @@ _COLD_TS = tuple((k, dict(v)) for k, v in _EXPLORE.items())
 _WARM_TS = tuple((f"{e}/{s}", {**_EXPLORE[e], "strength": st})
                  for e in ("research", "none") for s, st in (("all", WARM_STRENGTH), ("50", 50.0)))
 
+# linear routers on the query text (World.x): the prior variance of the weights (linear Thompson, pure Thompson
+# sampling) and LinUCB's alpha (ridge prior N(0, I)); the noise variance of quality is 0.25 (the largest a [0, 1]
+# outcome can have). Warm: the exact posterior after the fold's training rows.
+_LIN_VAR = tuple((str(v), {"var": v}) for v in (0.03, 0.1, 0.3, 1.0))
+_LIN_ALPHA = tuple((str(a), {"ucb_c": a, "var": 1.0}) for a in (0.05, 0.2, 0.5, 1.0))
+LIN_NOISE = 0.25
+
 VARIANTS: tuple[Variant, ...] = (
     # ---- cold: no training data
     Variant("thompson", "cold", "learner", "thompson", "exploration", _COLD_TS),
     Variant("epsilon_greedy", "cold", "learner", "epsilon_greedy", "epsilon",
             tuple((str(e), {"epsilon": e}) for e in (0.01, 0.03, 0.1, 0.3))),
     Variant("ucb1", "cold", "learner", "ucb1", "c", tuple((str(c), {"ucb_c": c}) for c in (0.05, 0.2, 0.5, 1.0))),
+    Variant("linear_thompson", "cold", "learner", "linear_thompson", "prior variance", _LIN_VAR),
+    Variant("linucb", "cold", "learner", "linucb", "alpha", _LIN_ALPHA),
     Variant("thompson_label", "cold", "learner", "contextual_thompson", "exploration", _COLD_TS, label_aware=True),
     # ---- warm: the training prompts are available to every learner
     Variant("thompson", "warm", "learner", "thompson", "exploration/prior strength", _WARM_TS),
@@ -94,6 +104,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("ucb1", "warm", "learner", "ucb1", "c", tuple((str(c), {"ucb_c": c}) for c in (0.05, 0.2, 0.5, 1.0))),
     Variant("simple_utility", "warm", "learner", "simple_utility", "prior strength",
             tuple((str(s), {"strength": s}) for s in (WARM_STRENGTH, 200.0, 50.0, 20.0))),
+    Variant("linear_thompson", "warm", "learner", "linear_thompson", "prior variance", _LIN_VAR),
+    Variant("linucb", "warm", "learner", "linucb", "alpha", _LIN_ALPHA),
     Variant("mf_router", "warm", "mf"),
     Variant("knn_router", "warm", "knn", None, "k", tuple((str(k), {"k": k}) for k in (5, 10, 25, 50))),
     Variant("best_fixed", "warm", "best_fixed"),
@@ -209,6 +221,16 @@ def _learner(fs: FoldSetup, v: Variant, st: Settings, seed: int) -> RouterRun:
     cats = it.categories if contextual else None
 
     def overrides(settings: dict) -> dict:
+        if v.policy in ("linear_thompson", "linucb"):
+            prior = flat_linear_prior(len(it.models), wt.x.shape[1], settings["var"], LIN_NOISE)
+            if v.track == "warm":
+                r = fs.train_rows
+                prior = linear_posterior(prior, r.x, r.quality, r.arm)
+            o = {"lin_mean": prior.mean, "lin_cov": prior.cov, "lin_noise": prior.noise, "explore_decay": 0.0,
+                 "min_explore": 0.0}
+            if "ucb_c" in settings:
+                o["ucb_c"] = settings["ucb_c"]
+            return o
         o = {k: val for k, val in settings.items() if k != "strength"}
         if v.track == "warm":
             a, b = warm_prior_from_train(fs.data, it.models, cats, strength=settings.get("strength", WARM_STRENGTH))

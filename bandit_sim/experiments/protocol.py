@@ -23,7 +23,7 @@ Protocol (DESIGN.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -31,12 +31,14 @@ import numpy as np
 import jax.numpy as jnp
 
 from bandit_sim.data.loaders import RoutingData, load_data
+from bandit_sim.data.text_features import featurizer_for_table, transform_table
 from bandit_sim.experiments import metrics as M
 from bandit_sim.sim.episode import hyper_grid
 from bandit_sim.sim.policies import Hyper, contextual_thompson, default_hyper, resolve_policy
 from bandit_sim.sim.simulate import simulate
 from bandit_sim.sim.token_model import predict_for_splits
-from bandit_sim.sim.world import World, WorldInfo, world_from_table
+from bandit_sim.sim.linear import train_rows
+from bandit_sim.sim.world import World, WorldInfo, pivot_index, world_from_table
 
 __all__ = ["Setup", "prepare", "run_policy", "select_lambda", "select_models", "LAMBDA_GRID"]
 
@@ -350,6 +352,8 @@ class FoldSetup:
     premium: int
     token_source: str
     notes: list[str] = field(default_factory=list)
+    featurizer: Any = None  # the text featurizer fitted on the fold's training prompts (World.x)
+    train_rows: Any = None  # the training rows with their features (`sim.linear.train_rows`): warm linear priors
     pair: tuple[int, int] | None = None  # (strong, weak) model indices of the APGR/CPT pair, set by compare
     aiq_bounds: tuple[float, float] = (0.0, 1.0)  # the fold's common cost range for AIQ, set by compare
 
@@ -373,9 +377,13 @@ def prepare_fold(rd: RoutingData, fold: Fold, *, seed: int = 0, tokens: str = "h
     fd = fold_data(rd, fold, train_fraction, seed)
     preds, source, _ = _token_predictions(fd, ("val", "test"), seed, tokens, quick)
     scale = training_cost_scale(fd)
+    # the query's text features for the linear routers, from a featurizer fitted on the fold's training prompts
+    featurizer, feat_note = featurizer_for_table(fd.split("train"), d=32, seed=seed)
     worlds, infos = {}, {}
     for s in ("val", "test"):
-        worlds[s], infos[s] = world_from_table(fd.table, split=s, pred=preds[s], cost_scale=scale)
+        ids, _ = pivot_index(fd.table, s)
+        worlds[s], infos[s] = world_from_table(fd.table, split=s, pred=preds[s], cost_scale=scale,
+                                               x=transform_table(featurizer, fd.table, ids))
     models = infos["test"].models
     if infos["val"].models != models:
         raise ValueError(f"{rd.name} fold {fold.index}: validation and test splits have different models")
@@ -383,7 +391,9 @@ def prepare_fold(rd: RoutingData, fold: Fold, *, seed: int = 0, tokens: str = "h
     g = train.groupby("model")
     prem = M.premium_model(g["quality"].mean().reindex(models).to_numpy(), g["cost_usd"].mean().reindex(models).to_numpy(),
                            models, premium)
-    return FoldSetup(fd, fold, worlds, infos, prem, source, list(infos["test"].notes))
+    rows = train_rows(train, models, featurizer)
+    return FoldSetup(fd, fold, worlds, infos, prem, source, list(infos["test"].notes) + [feat_note],
+                     featurizer=featurizer, train_rows=rows)
 
 
 class Outcomes(NamedTuple):
