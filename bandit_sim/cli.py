@@ -351,7 +351,8 @@ PRICES_HELP = ("your own models' prices: a TOML/CSV/JSON file of name, input_per
 
 def _add_prices_option(parser: argparse.ArgumentParser) -> None:
     """`--prices FILE` on the top parser and on every (sub)command, wherever the user writes it."""
-    parser.add_argument("--prices", default=argparse.SUPPRESS, help=PRICES_HELP)
+    if "--prices" not in parser._option_string_actions:  # `impact` has its own --prices (it re-prices outcomes)
+        parser.add_argument("--prices", default=argparse.SUPPRESS, help=PRICES_HELP)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sp in set(action.choices.values()):
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _enable_compilation_cache()
     try:
-        if getattr(args, "prices", None):
+        if getattr(args, "prices", None) and args.func is not _cmd_impact:
             use_prices_file(args.prices)
         return int(args.func(args) or 0)
     except DataValidationError as exc:

@@ -196,9 +196,11 @@ def _init_loc(site=None):
     return _median_init(site)
 
 
-def _runner(cfg: FitConfig, n_models: int, n_families: int, censoring: bool) -> _Runner:
+def _runner(cfg: FitConfig, n_models: int, n_families: int, censoring: bool, shapes: tuple = ()) -> _Runner:
+    # the data shapes are part of the key: a numpyro guide keeps the prototype trace of its first (jitted) init,
+    # so one guide re-traced for other shapes would hold a leaked tracer
     key = (cfg.guide, cfg.rank, cfg.num_steps, cfg.chunk, cfg.peak_lr, cfg.warmup, cfg.batch_size, cfg.num_samples,
-           n_models, n_families, censoring)
+           n_models, n_families, censoring, shapes)
     if key in _RUNNERS:
         return _RUNNERS[key]
     model = partial(token_model, n_models=n_models, n_families=n_families, batch_size=cfg.batch_size,
@@ -266,8 +268,8 @@ def fit_svi(
     config = config._replace(batch_size=batch)
     prep = _prepare(x, m, fam, t, c, std, batch)
     k = fam.shape[0]
-    runner = _runner(config, k, g, c is not None)
     data = tuple(jnp.asarray(a) for a in prep)
+    runner = _runner(config, k, g, c is not None, tuple(a.shape for a in data))
     k_init, k_post = jax.random.split(jax.random.key(seed))
     state = runner.init(k_init, *data)
     n_chunks = -(-config.num_steps // config.chunk)

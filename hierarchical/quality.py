@@ -107,8 +107,9 @@ class _Runner(NamedTuple):
 _RUNNERS: dict[tuple, _Runner] = {}
 
 
-def _runner(cfg: QualityConfig, k: int, g: int) -> _Runner:
-    key = (cfg, k, g)
+def _runner(cfg: QualityConfig, k: int, g: int, shapes: tuple = ()) -> _Runner:
+    # data shapes in the key: a guide keeps its first (jitted) prototype trace (see hierarchical.fit._runner)
+    key = (cfg, k, g, shapes)
     if key in _RUNNERS:
         return _RUNNERS[key]
     model = partial(quality_model, n_models=k, n_families=g, prior_scale=cfg.prior_scale)
@@ -176,7 +177,7 @@ def fit_quality(x: np.ndarray, model_idx: np.ndarray, family_of_model: np.ndarra
 
     data = (jnp.asarray(padded(x)), jnp.asarray(padded(m.astype(np.int32))),
             jnp.asarray(padded(np.ones(n, np.float32))), jnp.asarray(fam.astype(np.int32)), jnp.asarray(padded(y)))
-    r = _runner(config, k, g)
+    r = _runner(config, k, g, tuple(a.shape for a in data))
     k_init, k_post = jax.random.split(jax.random.key(seed))
     state = r.init(k_init, *data)
     losses, means, converged = [], [], False
