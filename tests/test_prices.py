@@ -101,7 +101,8 @@ def test_prices_reach_every_command(tmp_path, monkeypatch, capsys):
         world, info = world_from_table(rd.table, "test")
         seen["cost"] = rd.table.groupby("model")["cost_usd"].sum().to_dict()
         seen["prices"] = np.asarray(world.prices).tolist()
-        return {"policies": {"thompson": {"quality_retention": {"mean": 1.0}, "cost_reduction": {"mean": 0.0}}}}
+        ci = {"mean": 1.0, "ci95": [1.0, 1.0]}
+        return {"headline": {"router": "thompson", "test": {"quality_retention": ci, "cost_reduction": ci, "aiq": ci}}}
 
     monkeypatch.setattr(cli, "run_compare", fake_compare)
     assert main(["compare", "--data", str(table), "--out", str(tmp_path / "o"), "--quick"]) == 1
