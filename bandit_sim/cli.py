@@ -29,7 +29,7 @@ from bandit_sim.data.loaders import load_data
 from bandit_sim.data.prices import use_prices_file
 from bandit_sim.data.schema import DataValidationError
 from bandit_sim.experiments.coldstart import run_coldstart
-from bandit_sim.experiments.compare import run_compare
+from bandit_sim.experiments.compare import check_fractions, run_compare
 from bandit_sim.experiments.families import DEFAULT_DATASETS, run_families
 from bandit_sim.experiments.impact import DEFAULT_ROUTERS, ROUTERS, parse_mix, run_impact
 from bandit_sim.experiments.pipeline import STAGES, run_all
@@ -91,6 +91,10 @@ def _add_experiment_subparsers(sub) -> None:
                    help="utility form: pi - lam*(cost + 0.25*sd) (scaled, default: lam = 0 is quality only) or "
                         "pi - lam*cost - 0.25*sd (research)")
     c.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of the intervals (default 200)")
+    c.add_argument("--learning-curve", nargs="?", const="0.1,0.25,0.5,1", default=None, metavar="SHARES",
+                   help="also run the warm track with shares of each fold's training prompts (default shares "
+                        "0.1,0.25,0.5,1): AIQ per router and share with intervals (metrics.json key "
+                        "learning_curve, learning_curve.png)")
     c.add_argument("--quick", action="store_true", help="small settings (smoke test)")
     c.set_defaults(func=_cmd_compare)
 
@@ -131,6 +135,17 @@ def _positive(name: str, v, lo=1):
         raise ValueError(f"--{name} must be >= {lo}, got {v}")
 
 
+def _fractions(text: str | None):
+    """--learning-curve SHARES: a comma list of shares in (0, 1] (None: no learning curve)."""
+    if text is None:
+        return False
+    try:
+        vals = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError as e:
+        raise ValueError(f"--learning-curve takes a comma list of shares in (0, 1], e.g. 0.1,0.5,1; got {text!r}") from e
+    return check_fractions(vals)
+
+
 def _cmd_compare(args) -> int:
     _positive("episodes", args.episodes)
     _positive("folds", args.folds, lo=2)
@@ -139,7 +154,8 @@ def _cmd_compare(args) -> int:
         raise ValueError(f"--target-retention must be in (0, 1.5], got {args.target_retention}")
     r = run_compare(args.data, Path(args.out), folds=args.folds, episodes=args.episodes, seed=args.seed,
                     tokens=args.tokens, target_retention=args.target_retention, premium=args.premium,
-                    uncertainty=args.uncertainty, bootstrap=args.bootstrap, quick=args.quick)
+                    uncertainty=args.uncertainty, bootstrap=args.bootstrap, quick=args.quick,
+                    learning_curve=_fractions(args.learning_curve))
     h = r["headline"]
     print(f"wrote {args.out}/report.md: headline {h['router']} (warm track, chosen on validation): retention "
           f"{h['test']['quality_retention']['mean']:.3f}, cost reduction {h['test']['cost_reduction']['mean']:.3f}, "

@@ -121,7 +121,8 @@ def compared(tmp_path_factory):
 
     rd = _small_synthetic(n_prompts=150)
     base = tmp_path_factory.mktemp("compare")
-    kw = dict(folds=3, episodes=3, bootstrap=40, tokens="standin", quick=True, argv=["compare"], progress=False)
+    kw = dict(folds=3, episodes=3, bootstrap=40, tokens="standin", quick=True, argv=["compare"], progress=False,
+              learning_curve=(0.5, 1.0))
     r1 = run_compare(rd, base / "a", **kw)
     run_compare(rd, base / "b", **kw)
     return base, r1
@@ -175,6 +176,46 @@ def test_compare_layout_and_definitions(compared):
     report = (base / "a" / "report.md").read_text()
     assert "wins against" in report and "loses to" in report and "cost_quality.png" in report
     assert (base / "a" / "aiq.png").exists()
+
+
+def test_compare_learning_curve(compared):
+    """`compare --learning-curve`: the full share reproduces the warm track's AIQ exactly; the half share refits
+    every warm router on half the training prompts; intervals hold their means; the report shows it."""
+    base, _ = compared
+    m = json.loads((base / "a" / "metrics.json").read_text())
+    lc, warm = m["learning_curve"], m["tracks"]["warm"]["routers"]
+    assert lc["fractions"] == [0.5, 1.0]
+    full, half = lc["train_prompts"]["1"], lc["train_prompts"]["0.5"]
+    assert [round(0.5 * n) for n in full] == half
+    assert {"linear_thompson", "linucb", "mf_router", "knn_router", "best_fixed", "thompson", "zero_router"} <= set(
+        lc["routers"])
+    for name, e in lc["routers"].items():
+        assert e["aiq"][-1]["mean"] == pytest.approx(warm[name]["aiq"]["mean"], abs=1e-12), name
+        assert e["aiq_per_fold"][-1] == pytest.approx(warm[name]["aiq_per_fold"], abs=1e-12)
+        for a in e["aiq"] + e["minus_zero_router"]:
+            assert a["ci95"][0] <= a["mean"] + 1e-9 <= a["ci95"][1] + 2e-9, (name, a)
+        if name == "zero_router":  # the fixed models do not learn: the same test points at every share (up to
+            # the float32 rounding of costs normalised by each share's training cost unit)
+            assert e["aiq"][0]["mean"] == pytest.approx(e["aiq"][1]["mean"], abs=1e-6)
+    # the half share really trained on less: some learner's AIQ moved
+    assert any(abs(e["aiq"][0]["mean"] - e["aiq"][1]["mean"]) > 1e-6 for e in lc["routers"].values())
+    assert "## Learning curve" in (base / "a" / "report.md").read_text()
+    assert (base / "a" / "learning_curve.png").exists()
+
+
+def test_learning_curve_fractions_are_checked(tmp_path, capsys):
+    from bandit_sim.cli import main
+    from bandit_sim.experiments.compare import check_fractions
+
+    assert check_fractions([1, 0.25, 0.25]) == (0.25, 1.0)
+    for bad in ([0.0, 1.0], [1.5], [float("nan")], [], ["x"]):
+        with pytest.raises(ValueError, match="fractions"):
+            check_fractions(bad)
+    assert main(["compare", "--out", str(tmp_path / "lc"), "--learning-curve", "0.1,abc"]) == 2
+    assert "--learning-curve takes a comma list" in capsys.readouterr().err
+    assert main(["compare", "--out", str(tmp_path / "lc"), "--learning-curve", "0,1"]) == 2
+    assert "(0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "lc").exists()
 
 
 def test_select_on_validation_target_rule():

@@ -55,7 +55,7 @@ from bandit_sim.sim.linear import flat_linear_prior, linear_posterior
 from bandit_sim.sim.priors import WARM_STRENGTH, warm_prior_from_train
 from hierarchical.storage import atomic_write
 
-__all__ = ["run_compare", "VARIANTS", "Variant", "TRACKS", "select_on_validation"]
+__all__ = ["run_compare", "VARIANTS", "Variant", "TRACKS", "select_on_validation", "check_fractions", "LEARNING_FRACTIONS"]
 
 TRACKS = ("cold", "warm")
 TARGET_COST_REDUCTION = 0.60  # the research target read beside the retention target (reported, not tuned for)
@@ -81,10 +81,17 @@ _COLD_TS = tuple((k, dict(v)) for k, v in _EXPLORE.items())
 _WARM_TS = tuple((f"{e}/{s}", {**_EXPLORE[e], "strength": st})
                  for e in ("research", "none") for s, st in (("all", WARM_STRENGTH), ("50", 50.0)))
 
-# linear routers on the query text (World.x): the prior variance of the weights (linear Thompson, pure Thompson
-# sampling) and LinUCB's alpha (ridge prior N(0, I)); the noise variance of quality is 0.25 (the largest a [0, 1]
-# outcome can have). Warm: the exact posterior after the fold's training rows.
-_LIN_VAR = tuple((str(v), {"var": v}) for v in (0.03, 0.1, 0.3, 1.0))
+# linear routers on the query text (World.x). Linear Thompson (pure Thompson sampling): prior w_k ~ N(0, s*0.03 I),
+# noise variance s*0.25, tuned over the posterior scale s -- Agrawal & Goyal's v^2: the posterior mean does not
+# depend on s (the ridge ratio 0.03 / 0.25 is fixed), its covariance is proportional to s, so s sets how widely
+# Thompson explores around the ridge estimate. LinUCB: its alpha, ridge prior N(0, I), noise variance 0.25 (the
+# largest a [0, 1] outcome can have). Warm: the exact posterior after the fold's training rows.
+# (Revision note: until 2026-12-03 linear Thompson was tuned over the prior variance {0.03, 0.1, 0.3, 1} at noise
+# 0.25; its validation AIQ did not move with it in the warm track and picked the smallest value in the cold track
+# (metrics.json knob_validation_aiq), so the knob was replaced by the posterior scale. The change was made after the
+# test figures of the old grid had been published; the new grid was chosen on validation figures of two folds.)
+_LIN_SCALE = tuple((f"1/{int(round(1 / s))}" if s < 1 else "1", {"var": 0.03 * s, "noise": 0.25 * s})
+                   for s in (1.0, 0.25, 0.0625, 0.015625))
 _LIN_ALPHA = tuple((str(a), {"ucb_c": a, "var": 1.0}) for a in (0.05, 0.2, 0.5, 1.0))
 LIN_NOISE = 0.25
 
@@ -94,7 +101,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("epsilon_greedy", "cold", "learner", "epsilon_greedy", "epsilon",
             tuple((str(e), {"epsilon": e}) for e in (0.01, 0.03, 0.1, 0.3))),
     Variant("ucb1", "cold", "learner", "ucb1", "c", tuple((str(c), {"ucb_c": c}) for c in (0.05, 0.2, 0.5, 1.0))),
-    Variant("linear_thompson", "cold", "learner", "linear_thompson", "prior variance", _LIN_VAR),
+    Variant("linear_thompson", "cold", "learner", "linear_thompson", "posterior scale", _LIN_SCALE),
     Variant("linucb", "cold", "learner", "linucb", "alpha", _LIN_ALPHA),
     Variant("thompson_label", "cold", "learner", "contextual_thompson", "exploration", _COLD_TS, label_aware=True),
     # ---- warm: the training prompts are available to every learner
@@ -104,7 +111,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("ucb1", "warm", "learner", "ucb1", "c", tuple((str(c), {"ucb_c": c}) for c in (0.05, 0.2, 0.5, 1.0))),
     Variant("simple_utility", "warm", "learner", "simple_utility", "prior strength",
             tuple((str(s), {"strength": s}) for s in (WARM_STRENGTH, 200.0, 50.0, 20.0))),
-    Variant("linear_thompson", "warm", "learner", "linear_thompson", "prior variance", _LIN_VAR),
+    Variant("linear_thompson", "warm", "learner", "linear_thompson", "posterior scale", _LIN_SCALE),
     Variant("linucb", "warm", "learner", "linucb", "alpha", _LIN_ALPHA),
     Variant("mf_router", "warm", "mf"),
     Variant("knn_router", "warm", "knn", None, "k", tuple((str(k), {"k": k}) for k in (5, 10, 25, 50))),
@@ -117,6 +124,13 @@ VARIANTS: tuple[Variant, ...] = (
 zero router -- are added to both tracks)."""
 
 REFERENCES = ("always_premium", "cheapest", "random", "oracle")
+REVISIONS = ("variant list revised on 2026-12-03 after test figures had been published: linear_thompson's knob was "
+             "its prior variance {0.03, 0.1, 0.3, 1} (noise 0.25) and is now the posterior scale s in {1, 1/4, 1/16, "
+             "1/64} (prior variance 0.03 s, noise 0.25 s); the new grid was chosen on validation figures only. "
+             "Every other variant is unchanged.",)
+"""Changes to `VARIANTS` after figures were seen, printed in every report's notes."""
+LEARNING_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+"""Shares of each fold's training prompts behind `compare --learning-curve` (validation and test unchanged)."""
 
 
 @dataclass
@@ -222,7 +236,7 @@ def _learner(fs: FoldSetup, v: Variant, st: Settings, seed: int) -> RouterRun:
 
     def overrides(settings: dict) -> dict:
         if v.policy in ("linear_thompson", "linucb"):
-            prior = flat_linear_prior(len(it.models), wt.x.shape[1], settings["var"], LIN_NOISE)
+            prior = flat_linear_prior(len(it.models), wt.x.shape[1], settings["var"], settings.get("noise", LIN_NOISE))
             if v.track == "warm":
                 r = fs.train_rows
                 prior = linear_posterior(prior, r.x, r.quality, r.arm)
@@ -448,11 +462,14 @@ def _pick_pair(fs: FoldSetup) -> tuple[int, int] | None:
     return s, w
 
 
-def _run_fold(fs: FoldSetup, st: Settings, seed: int, bar=None) -> dict[str, dict[str, RouterRun]]:
-    fs.pair = _pick_pair(fs)
+def _run_fold(fs: FoldSetup, st: Settings, seed: int, bar=None, tracks=TRACKS,
+              pair: bool = True) -> dict[str, dict[str, RouterRun]]:
+    fs.pair = _pick_pair(fs) if pair else None
     vectors = None
-    runs: dict[str, dict[str, RouterRun]] = {t: {} for t in TRACKS}
+    runs: dict[str, dict[str, RouterRun]] = {t: {} for t in tracks}
     for v in VARIANTS:
+        if v.track not in tracks:
+            continue
         if bar is not None:
             bar.set_postfix_str(f"fold {fs.fold.index} {v.track} {v.name}")
         if v.kind == "learner":
@@ -469,7 +486,7 @@ def _run_fold(fs: FoldSetup, st: Settings, seed: int, bar=None) -> dict[str, dic
         else:
             raise ValueError(f"unknown variant kind {v.kind!r}")
     refs = _references(fs, st, seed)
-    for t in TRACKS:
+    for t in tracks:
         runs[t].update(refs)
     return runs
 
@@ -574,7 +591,8 @@ def _utility_at(r: RouterRun, lam: float) -> np.ndarray:
 def run_compare(data: str | RoutingData, out: Path, *, folds: int = 5, episodes: int = 16, seed: int = 0,
                 tokens: str = "hierarchical", target_retention: float = 0.95, premium: str | None = None,
                 uncertainty: str = "scaled", bootstrap: int = 200, quick: bool = False, argv=None,
-                progress: bool = True, prices: dict | None = None) -> dict:
+                progress: bool = True, prices: dict | None = None,
+                learning_curve: bool | tuple = False) -> dict:
     """Run the comparison and write DIR/metrics.json, DIR/report.md and PNG plots.
 
     Args:
@@ -587,6 +605,9 @@ def run_compare(data: str | RoutingData, out: Path, *, folds: int = 5, episodes:
       bootstrap: bootstrap replicates for the intervals.
       quick: small settings (smoke tests).
       argv: the command line to record (default sys.argv). progress: a progress bar.
+      learning_curve: also run the warm track with a share of the training prompts (True: `LEARNING_FRACTIONS`,
+        or a tuple of shares in (0, 1]); adds ``learning_curve`` to metrics.json, a report section and
+        learning_curve.png.
     Returns:
       The metrics dict written to metrics.json.
     """
@@ -616,16 +637,22 @@ def run_compare(data: str | RoutingData, out: Path, *, folds: int = 5, episodes:
         per_fold.append(runs)
         setups.append(fs)
     result = _aggregate(rd, setups, per_fold, st, rng, seed)
+    if learning_curve:
+        fractions = LEARNING_FRACTIONS if learning_curve is True else tuple(learning_curve)
+        result["learning_curve"] = _learning_curve(rd, fold_list, setups, per_fold, st, seed, fractions,
+                                                   dict(tokens=tokens, quick=quick, premium=premium), progress)
     result.update(command=cmd, data=rd.name, world_kind=rd.world_kind, quality_kind=rd.quality_kind, seed=seed,
                   folds=folds, episodes=st.episodes,
                   bootstrap=st.bootstrap, target_retention=target_retention, uncertainty=uncertainty,
                   gamma=st.gamma, lambdas=LAMBDAS.tolist(), token_model=setups[0].token_source,
-                  notes=list(rd.notes) + fold_notes + setups[0].notes,
+                  notes=list(rd.notes) + fold_notes + setups[0].notes + list(REVISIONS),
                   variants=[{"name": v.name, "track": v.track, "kind": v.kind, "policy": v.policy, "knob": v.knob,
                              "knob_values": [lab for lab, _ in v.knob_values], "label_aware": v.label_aware}
                             for v in VARIANTS])
     result["seconds"] = time.perf_counter() - t_start
     _plots(out, result)
+    if "learning_curve" in result:
+        _plot_learning_curve(out, result)
     write_json(out / "metrics.json", result)
     atomic_write(out / "report.md", _report(result))
     return result
@@ -783,6 +810,124 @@ def _sweeps(per_fold: list, setups: list) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------- learning curve
+
+
+def check_fractions(fractions) -> tuple[float, ...]:
+    """Validated, sorted, unique shares of the training prompts for the learning curve."""
+    try:
+        fr = tuple(sorted({float(f) for f in fractions}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"learning-curve fractions must be numbers in (0, 1], got {fractions!r}") from e
+    if not fr or not all(np.isfinite(f) and 0.0 < f <= 1.0 for f in fr):
+        raise ValueError(f"learning-curve fractions must be numbers in (0, 1], got {fractions!r}")
+    return fr
+
+
+def _learning_curve(rd, fold_list, setups: list[FoldSetup], per_fold: list, st: Settings, seed: int, fractions,
+                    prep: dict, progress: bool) -> dict:
+    """The warm track again with a share of each fold's training prompts (chosen with the seed; validation and test
+    prompts unchanged): every warm router refitted and retuned on validation, as in the full run. AIQ per router
+    and share, with the bootstrap over test prompts and episodes (one resample per fold shared by every router and
+    share, so differences are paired), and the difference to the zero router (the best fixed models and their
+    mixtures) and to the best fixed model chosen on the same training prompts."""
+    fractions = check_fractions(fractions)
+    rng = np.random.default_rng(seed + 2)
+    boots = [_boot_weights(fs.worlds["test"].quality.shape[0], st.episodes, st.bootstrap, rng) for fs in setups]
+    todo = [(f, i) for f in fractions for i in range(len(setups)) if f < 1.0]
+    bar = tqdm(total=len(todo), desc=f"learning curve {rd.name}", unit="fold", disable=not progress)
+    points, boot_stats, sizes = {}, {}, {}
+    for f in fractions:
+        pts, bss, n_train = [], [], []
+        for i, (fold, fs_full) in enumerate(zip(fold_list, setups)):
+            if f >= 1.0:
+                fs, runs = fs_full, per_fold[i]["warm"]
+            else:
+                bar.set_postfix_str(f"share {f:g} fold {fold.index}")
+                fs = prepare_fold(rd, fold, seed=seed, train_fraction=f, **prep)
+                fs.aiq_bounds = _bounds(fs.worlds["test"])
+                runs = _run_fold(fs, st, seed, tracks=("warm",), pair=False)["warm"]
+                bar.update(1)
+            n_train.append(int(fs.data.split("train")["prompt_id"].nunique()))
+            pts.append(_fold_stats(runs, fs, None))
+            bss.append(_fold_stats(runs, fs, boots[i]))
+        points[f], boot_stats[f], sizes[f] = pts, bss, n_train
+    bar.close()
+    names = [n for n in points[fractions[0]][0] if n not in ("oracle", "always_premium", "cheapest", "random")]
+    routers = {}
+    for n in names:
+        e: dict[str, Any] = {"aiq": [], "aiq_per_fold": [], "minus_zero_router": [], "minus_best_fixed": []}
+        for f in fractions:
+            e["aiq"].append(_ci(np.mean([p[n]["aiq"] for p in points[f]]), np.mean([b[n]["aiq"] for b in boot_stats[f]], 0)))
+            e["aiq_per_fold"].append([float(p[n]["aiq"]) for p in points[f]])
+            for ref, key in (("zero_router", "minus_zero_router"), ("best_fixed", "minus_best_fixed")):
+                d_pt = np.mean([p[n]["aiq"] - p[ref]["aiq"] for p in points[f]])
+                d_bs = np.mean([b[n]["aiq"] - b[ref]["aiq"] for b in boot_stats[f]], 0)
+                e[key].append(_ci(d_pt, d_bs))
+        above = [f for f, d in zip(fractions, e["minus_zero_router"]) if d["ci95"][0] > 0]
+        e["first_share_above_zero_router"] = above[0] if above else None
+        v = next((x for x in VARIANTS if x.name == n and x.track == "warm"), None)
+        e["label_aware"] = bool(v.label_aware) if v else False
+        routers[n] = e
+    return {"fractions": list(fractions), "train_prompts": {f"{f:g}": sizes[f] for f in fractions},
+            "train_prompts_mean": [float(np.mean(sizes[f])) for f in fractions], "routers": routers,
+            "protocol": "warm track with a share of each fold's training prompts (drawn with the seed; the token "
+                        "model, featurizer, priors and every learner fitted on that share; knobs and lambda retuned "
+                        "on the unchanged validation prompts); AIQ on the unchanged test prompts; intervals from one "
+                        "bootstrap over test prompts and episodes per fold, shared by every router and share; "
+                        "first_share_above_zero_router: the smallest share whose interval of AIQ minus the zero "
+                        "router's lies above 0"}
+
+
+def _plot_learning_curve(out: Path, r: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lc = r["learning_curve"]
+    x = np.array(lc["train_prompts_mean"])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for n, e in lc["routers"].items():
+        m = np.array([a["mean"] for a in e["aiq"]])
+        lo = np.array([a["ci95"][0] for a in e["aiq"]])
+        hi = np.array([a["ci95"][1] for a in e["aiq"]])
+        if n == "zero_router":
+            ax.plot(x, m, c="grey", ls=":", lw=1.5, label="zero router (fixed models)")
+            continue
+        ls = "--" if e["label_aware"] else "-"
+        lw = 2.2 if n in ("linear_thompson", r["headline"]["router"]) else 1.0
+        ax.plot(x, m, ls=ls, marker="o", ms=3, lw=lw, label=n)
+        ax.fill_between(x, lo, hi, alpha=0.12)
+    ax.set_xscale("log")
+    ax.set_xlabel("training prompts with feedback (mean over folds)")
+    ax.set_ylabel("test AIQ (mean over folds, 95% CI)")
+    ax.set_title(f"Learning curve, warm track ({r['data']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    savefig(fig, out / "learning_curve.png")
+
+
+def _learning_report(r: dict) -> list[str]:
+    lc = r.get("learning_curve")
+    if not lc:
+        return []
+    fr = lc["fractions"]
+    head = ["router"] + [f"{f:g} ({m:.0f} prompts)" for f, m in zip(fr, lc["train_prompts_mean"])] + [
+        "first share above the zero router"]
+    rows = []
+    order = sorted(lc["routers"], key=lambda n: -lc["routers"][n]["aiq"][-1]["mean"])
+    for n in order:
+        e = lc["routers"][n]
+        cells = [f"{a['mean']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]" for a in e["aiq"]]
+        first = "–" if n == "zero_router" else ("never" if e["first_share_above_zero_router"] is None
+                                                else f"{e['first_share_above_zero_router']:g}")
+        rows.append([n + (" (label-aware)" if e["label_aware"] else "")] + cells + [first])
+    return ["## Learning curve (warm track)", "",
+            "AIQ on the test prompts when each fold's learners get only a share of its training prompts "
+            f"({lc['protocol']}).", "", md_table(head, rows), "", "![learning curve](learning_curve.png)", ""]
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -893,6 +1038,7 @@ def _report(r: dict) -> str:
               md_table(["vs", "mean utility difference [95% CI]", "p (Holm)", "verdict"],
                        [[n, f"{c['mean_utility_difference']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
                          f"{c['p_holm']:.3g}", c["verdict"]] for n, c in comp.items()]), ""]
+    L += _learning_report(r)
     L += ["## Plots", "", "![cost vs quality](cost_quality.png)", "", "![AIQ](aiq.png)", "",
           "## Definitions", "",
           "- Premium model: the best by training-split quality in each fold (ties: the cheaper): "

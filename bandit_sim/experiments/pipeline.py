@@ -82,14 +82,25 @@ def _heads_compare(r: dict) -> list[str]:
                      f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'win') or 'none'}; ties with "
                      f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'tie') or 'none'}; loses to "
                      f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'loss') or 'none'}")
+    lc = r.get("learning_curve")
+    if lc:
+        shares = ", ".join(f"{f:g}" for f in lc["fractions"])
+        for n in ("linear_thompson", "linucb", "mf_router"):
+            e = lc["routers"].get(n)
+            if e:
+                first = e["first_share_above_zero_router"]
+                heads.append(f"learning curve, {n}: AIQ at training shares {shares}: "
+                             + ", ".join(f"{a['mean']:.3f}" for a in e["aiq"]) + " (zero router "
+                             + f"{lc['routers']['zero_router']['aiq'][-1]['mean']:.3f}); above the zero router from "
+                             + ("no share" if first is None else f"share {first:g}"))
     return heads
 
 
 def _stage_compare(data: str):
     def stage(out: Path, seed: int, quick: bool) -> None:
-        argv = ["compare", "--data", data, "--out", str(out), "--seed", str(seed)] + (
+        argv = ["compare", "--data", data, "--out", str(out), "--seed", str(seed), "--learning-curve"] + (
             ["--folds", "3", "--episodes", "4", "--bootstrap", "50", "--quick"] if quick else [])
-        run_compare(data, out, seed=seed, quick=quick, progress=True, argv=argv,
+        run_compare(data, out, seed=seed, quick=quick, progress=True, argv=argv, learning_curve=True,
                     **({"folds": 3, "episodes": 4, "bootstrap": 50} if quick else {}))
     return stage
 
