@@ -262,3 +262,21 @@ def test_long_run_float32_stays_near_the_batch_posterior():
     np.testing.assert_allclose(np.sqrt(np.diag(np.asarray(s))), sd_b, rtol=0.02)
     xs = x[:200] @ np.asarray(s, np.float64) @ x[:200].T
     assert np.all(np.diag(xs) > 0)
+
+
+def test_flat_prior_with_a_centred_bias():
+    """The bias weight (feature 0) can be centred at the middle of the quality range with its own variance; the
+    posterior mean then starts there, and bad numbers are refused by name."""
+    p = flat_linear_prior(3, 4, var=0.01, noise=0.25, bias_mean=0.5, bias_var=0.3)
+    np.testing.assert_allclose(p.mean[:, 0], 0.5)
+    np.testing.assert_allclose(p.mean[:, 1:], 0.0)
+    np.testing.assert_allclose(p.cov[:, 0, 0], 0.3, rtol=1e-6)
+    np.testing.assert_allclose(p.cov[:, 1:, 1:], np.broadcast_to(np.eye(3) * 0.01, (3, 3, 3)), rtol=1e-6)
+    # with no rows an arm keeps the prior; with rows of quality 0.9 its bias moves from 0.5 towards 0.9
+    x = np.array([[1.0, 0.0, 0.0, 0.0]] * 20, np.float32)
+    post = linear_posterior(p, x, np.full(20, 0.9), np.zeros(20, int))
+    assert 0.5 < post.mean[0, 0] < 0.9 and post.mean[1, 0] == pytest.approx(0.5)
+    for kw, name in (({"var": 0.0}, "var"), ({"noise": -1.0}, "noise"), ({"bias_var": float("nan")}, "bias_var"),
+                     ({"bias_mean": float("inf")}, "bias_mean")):
+        with pytest.raises(ValueError, match=name):
+            flat_linear_prior(2, 3, **kw)

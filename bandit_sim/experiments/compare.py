@@ -81,18 +81,18 @@ _COLD_TS = tuple((k, dict(v)) for k, v in _EXPLORE.items())
 _WARM_TS = tuple((f"{e}/{s}", {**_EXPLORE[e], "strength": st})
                  for e in ("research", "none") for s, st in (("all", WARM_STRENGTH), ("50", 50.0)))
 
-# linear routers on the query text (World.x). Linear Thompson (pure Thompson sampling): prior w_k ~ N(0, s*0.03 I),
-# noise variance s*0.25, tuned over the posterior scale s -- Agrawal & Goyal's v^2: the posterior mean does not
-# depend on s (the ridge ratio 0.03 / 0.25 is fixed), its covariance is proportional to s, so s sets how widely
-# Thompson explores around the ridge estimate. LinUCB: its alpha, ridge prior N(0, I), noise variance 0.25 (the
-# largest a [0, 1] outcome can have). Warm: the exact posterior after the fold's training rows.
+# linear routers on the query text (World.x), both from a flat prior centred on the middle of the quality range:
+# the bias weight (feature 0) ~ N(0.5, 30 v), the slopes ~ N(0, v), noise variance sigma^2. Linear Thompson (pure
+# Thompson sampling): v = 0.03 s and sigma^2 = 0.25 s, tuned over the posterior scale s -- Agrawal & Goyal's v^2:
+# the posterior mean does not depend on s (the ridge ratio v / sigma^2 is fixed), its covariance is proportional to
+# s, so s sets how widely Thompson explores around the ridge estimate. LinUCB: its alpha, v = 1 (ridge), sigma^2 =
+# 0.25 (the largest a [0, 1] outcome can have). Warm: the exact posterior after the fold's training rows.
 # (Revision note: until 2026-12-03 linear Thompson was tuned over the prior variance {0.03, 0.1, 0.3, 1} at noise
-# 0.25; its validation AIQ did not move with it in the warm track and picked the smallest value in the cold track
-# (metrics.json knob_validation_aiq), so the knob was replaced by the posterior scale. The change was made after the
-# test figures of the old grid had been published; the new grid was chosen on validation figures of two folds.)
-_LIN_SCALE = tuple((f"1/{int(round(1 / s))}" if s < 1 else "1", {"var": 0.03 * s, "noise": 0.25 * s})
-                   for s in (1.0, 0.25, 0.0625, 0.015625))
-_LIN_ALPHA = tuple((str(a), {"ucb_c": a, "var": 1.0}) for a in (0.05, 0.2, 0.5, 1.0))
+# 0.25 and both linear routers' priors were centred at 0; see REVISIONS.)
+_LIN_SCALE = tuple((f"1/{int(round(1 / s))}", {"var": 0.03 * s, "noise": 0.25 * s, "bias_var": 0.9 * s})
+                   for s in (0.25, 0.0625, 0.015625, 0.00390625))
+_LIN_ALPHA = tuple((str(a), {"ucb_c": a, "var": 1.0, "bias_var": 30.0}) for a in (0.05, 0.2, 0.5, 1.0))
+LIN_BIAS_MEAN = 0.5
 LIN_NOISE = 0.25
 
 VARIANTS: tuple[Variant, ...] = (
@@ -125,9 +125,11 @@ zero router -- are added to both tracks)."""
 
 REFERENCES = ("always_premium", "cheapest", "random", "oracle")
 REVISIONS = ("variant list revised on 2026-12-03 after test figures had been published: linear_thompson's knob was "
-             "its prior variance {0.03, 0.1, 0.3, 1} (noise 0.25) and is now the posterior scale s in {1, 1/4, 1/16, "
-             "1/64} (prior variance 0.03 s, noise 0.25 s); the new grid was chosen on validation figures only. "
-             "Every other variant is unchanged.",)
+             "its prior variance {0.03, 0.1, 0.3, 1} (noise 0.25) and is now the posterior scale s in {1/4, 1/16, "
+             "1/64, 1/256} (slope prior variance 0.03 s, noise 0.25 s); the flat prior of both linear routers "
+             "(linear_thompson and linucb) was centred at 0 and now centres the bias weight at 0.5 with a 30 times "
+             "wider variance than the slopes. Both changes were chosen on validation figures of two folds only; "
+             "every other variant is unchanged.",)
 """Changes to `VARIANTS` after figures were seen, printed in every report's notes."""
 LEARNING_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 """Shares of each fold's training prompts behind `compare --learning-curve` (validation and test unchanged)."""
@@ -236,7 +238,8 @@ def _learner(fs: FoldSetup, v: Variant, st: Settings, seed: int) -> RouterRun:
 
     def overrides(settings: dict) -> dict:
         if v.policy in ("linear_thompson", "linucb"):
-            prior = flat_linear_prior(len(it.models), wt.x.shape[1], settings["var"], settings.get("noise", LIN_NOISE))
+            prior = flat_linear_prior(len(it.models), wt.x.shape[1], settings["var"], settings.get("noise", LIN_NOISE),
+                                      bias_mean=LIN_BIAS_MEAN, bias_var=settings["bias_var"])
             if v.track == "warm":
                 r = fs.train_rows
                 prior = linear_posterior(prior, r.x, r.quality, r.arm)

@@ -95,16 +95,28 @@ def with_linear_prior(hyper: Hyper, prior: LinearPrior) -> Hyper:
                           lin_noise=jnp.asarray(prior.noise, jnp.float32))
 
 
-def flat_linear_prior(k: int, d: int, var: float = 1.0, noise: float = 1.0) -> LinearPrior:
-    """w_k ~ N(0, var I_D), sigma_k^2 = noise for every arm (LinUCB's ridge prior with var = noise = 1).
+def flat_linear_prior(k: int, d: int, var: float = 1.0, noise: float = 1.0, *, bias_mean: float = 0.0,
+                      bias_var: float | None = None) -> LinearPrior:
+    """w_k ~ N(0, var I_D), sigma_k^2 = noise for every arm (LinUCB's ridge prior with var = noise = 1); optionally
+    the bias weight (feature 0) centred elsewhere with its own variance: w_k0 ~ N(bias_mean, bias_var) (e.g. 0.5, the
+    middle of a [0, 1] quality, with a wide variance: the prior does not pull every arm's mean quality to 0).
 
     Args:
-      k: arms. d: D (with the bias). var: prior variance. noise: observation noise variance.
+      k: arms. d: D (with the bias first). var: prior variance of the weights. noise: observation noise variance.
+      bias_mean: prior mean of the bias weight. bias_var: its prior variance (default: var).
     Returns:
       LinearPrior.
     """
-    return LinearPrior(np.zeros((k, d), np.float32), np.broadcast_to(np.eye(d) * var, (k, d, d)).astype(np.float32),
-                       np.full(k, noise, np.float32))
+    for name, v in (("var", var), ("noise", noise), ("bias_var", var if bias_var is None else bias_var)):
+        if not (np.isfinite(v) and v > 0):
+            raise ValueError(f"flat_linear_prior: {name} must be a positive number, got {v!r}")
+    if not np.isfinite(bias_mean):
+        raise ValueError(f"flat_linear_prior: bias_mean must be finite, got {bias_mean!r}")
+    mean = np.zeros((k, d), np.float32)
+    mean[:, 0] = bias_mean
+    cov = np.broadcast_to(np.eye(d) * var, (k, d, d)).astype(np.float32)
+    cov[:, 0, 0] = var if bias_var is None else bias_var
+    return LinearPrior(mean, cov, np.full(k, noise, np.float32))
 
 
 def batch_posterior(mean0, cov0, noise, x, y) -> tuple[np.ndarray, np.ndarray]:
