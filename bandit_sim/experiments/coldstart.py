@@ -461,10 +461,10 @@ def _linear_section(r: dict, lin: dict) -> list[str]:
          _ci_txt(lg["identification_queries"], 0)]]))
     lines.append("")
     lines.append(md_table(["router", "reduction of regret over the next 500 (family vs reference prior)", "95% CI",
-                           "paired t-test p", "Wilcoxon p"], [
+                           "mean difference (family - reference)", "paired t-test p", "Wilcoxon p"], [
         [name, f"{x['regret_next_500_reduction']:.3f}",
          f"[{x['regret_next_500_reduction_ci95'][0]:.3f}, {x['regret_next_500_reduction_ci95'][1]:.3f}]",
-         f"{x['p_value']:.3g}", f"{x['wilcoxon']['p_value']:.3g}"]
+         f"{x['units']['mean_difference']:.3f}", f"{x['p_value']:.3g}", f"{x['wilcoxon']['p_value']:.3g}"]
         for name, x in (("Beta Thompson (family vs flat)", r), ("linear Thompson (family vs global)", lin))]))
     lines += ["", "Per newcomer (linear Thompson): the newcomer's prior predictive quality on the test queries "
               "(mean of x'm and of sqrt(x'Sx)) beside its observed mean test quality, and the fit's scales "
