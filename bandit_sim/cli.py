@@ -169,7 +169,9 @@ def _cmd_coldstart(args) -> int:
     lin = r["linear_thompson"]
     print(f"wrote {args.out}/report.md: regret over the next 500 queries reduced by "
           f"{r['regret_next_500_reduction']:.3f} with the family prior (p = {r['p_value']:.3g}); linear Thompson on "
-          f"the query text: {lin['regret_next_500_reduction']:.3f} (p = {lin['p_value']:.3g})")
+          f"the query text: {lin['regret_next_500_reduction']:.3f} (p = {lin['p_value']:.3g}); excess regret over the "
+          f"router that knows the newcomer reduced by {r['excess_regret_next_500_reduction']:.3f} (Beta), "
+          f"{lin['excess_regret_next_500_reduction']:.3f} (linear)")
     return 0
 
 

@@ -113,7 +113,23 @@ def _heads_coldstart_linear(r: dict) -> list[str]:
     return [f"linear Thompson on the query text, regret over the next 500 queries: family prior on weights "
             f"{_ci(f['regret_next_500'], 2)} vs global prior {_ci(g['regret_next_500'], 2)}; reduction "
             f"{lin['regret_next_500_reduction']:.3f} [{lo:.3f}, {hi:.3f}] (paired p = {lin['p_value']:.2g}); "
-            f"identification {_ci(f['identification_queries'], 0)} vs {_ci(g['identification_queries'], 0)} queries"]
+            f"identification {_ci(f['identification_queries'], 0)} vs {_ci(g['identification_queries'], 0)} queries"
+            ] + _heads_coldstart_excess(r)
+
+
+def _heads_coldstart_excess(r: dict) -> list[str]:
+    out = []
+    for name, x, (fc, rc) in (("Beta Thompson", r, ("family_prior", "flat_prior")),
+                              ("linear Thompson", r.get("linear_thompson") or {}, ("family_prior", "global_prior"))):
+        if "excess_regret_next_500" not in x:
+            continue
+        lo, hi = x["excess_regret_next_500_reduction_ci95"]
+        ex = x["excess_regret_next_500"]
+        out.append(f"{name}, excess regret over the next 500 queries over the router that knows the newcomer: family "
+                   f"{_ci(ex[fc], 2)} vs {rc.split('_')[0]} {_ci(ex[rc], 2)}; reduction "
+                   f"{x['excess_regret_next_500_reduction']:.3f} [{lo:.3f}, {hi:.3f}] "
+                   f"(paired p = {x['excess_p_value']:.2g})")
+    return out
 
 
 def _stage_coldstart(data: str):
