@@ -261,6 +261,16 @@ def test_coldstart_end_to_end(tmp_path):
         pf, pg = v["family_prior"]["prior_quality"], v["global_prior"]["prior_quality"]
         assert pf != pg and pf["sd"] < pg["sd"]
     assert "## Linear Thompson sampling on the query text" in (tmp_path / "report.md").read_text()
+    # excess regret over the router that knows the newcomer, both routers; the paired test is the raw one
+    for x, conds in ((m, ("family_prior", "flat_prior")), (lin, ("family_prior", "global_prior"))):
+        for c in conds:
+            e = x["excess_regret_next_500"][c]
+            raw, kn = x[c]["regret_next_500"]["mean"], x["known"]["regret_next_500"]["mean"]
+            assert e["ci95"][0] <= e["mean"] + 1e-9 <= e["ci95"][1] + 2e-9 and abs(e["mean"] - (raw - kn)) < 1e-9
+        assert 0.0 <= x["excess_p_value"] <= 1.0 and abs(x["excess_p_value"] - x["p_value"]) < 1e-6
+        assert "excess_regret_next_500_reduction" in x and all("known" in v for v in x["per_family"].values())
+    assert all(v["known_incumbent_priors_identical"] for v in lin["per_family"].values())
+    assert "## Excess regret over the router that knows the newcomer" in (tmp_path / "report.md").read_text()
 
 
 def test_coldstart_linear_priors_differ_only_in_the_newcomer():
@@ -282,10 +292,16 @@ def test_coldstart_linear_priors_differ_only_in_the_newcomer():
     for a, b in ((f.mean, g.mean), (f.cov, g.cov), (f.noise, g.noise)):
         np.testing.assert_array_equal(a[inc], b[inc])
     assert not np.array_equal(f.mean[j], g.mean[j])
-    for c in priors:
+    for c in ("family_prior", "global_prior"):
         for a, b in zip(priors[c], priors2[c]):
             np.testing.assert_array_equal(a, b)
-    assert info["family_known"] and info["tau_family"] > 0
+    # the known router's prior (the excess regret's reference) is the only one that uses the newcomer's rows: the
+    # incumbents' rows as in the other two, the newcomer's posterior after its own rows
+    k, k2 = priors["known"], priors2["known"]
+    for a, b in ((f.mean, k.mean), (f.cov, k.cov), (f.noise, k.noise)):
+        np.testing.assert_array_equal(a[inc], b[inc])
+    assert not np.array_equal(k.mean[j], k2.mean[j]) and np.trace(k.cov[j]) < np.trace(f.cov[j])
+    assert info["family_known"] and info["tau_family"] > 0 and info["tau_family_bias"] > 0
 
 
 def _linear_truth_data(n_prompts: int = 300, d: int = 33, seed: int = 3, slope_scale: float = 0.25,
