@@ -112,8 +112,8 @@ def _add_experiment_subparsers(sub) -> None:
     s.add_argument("--quick", action="store_true", help="small settings (smoke test)")
     s.set_defaults(func=_cmd_sweep)
 
-    cs = sub.add_parser("coldstart", help="a new model arrives: family prior vs flat prior (convergence, regret, "
-                                          "token error)")
+    cs = sub.add_parser("coldstart", help="a new model arrives: family prior vs flat prior, Beta and linear "
+                                          "Thompson on the query text (convergence, regret, token error)")
     cs.add_argument("--data", default="routerbench", help=DATA_HELP)
     cs.add_argument("--out", required=True, help="output folder")
     cs.add_argument("--episodes", type=int, default=500, help="episodes per family and prior (default 500)")
@@ -182,8 +182,12 @@ def _cmd_coldstart(args) -> int:
     r = run_coldstart(args.data, Path(args.out), episodes=args.episodes, arrival=args.arrival, horizon=args.horizon,
                       seed=args.seed, lam=args.lam, gamma=args.gamma, tokens=args.tokens, quick=args.quick,
                       incumbents=args.incumbents)
+    lin = r["linear_thompson"]
     print(f"wrote {args.out}/report.md: regret over the next 500 queries reduced by "
-          f"{r['regret_next_500_reduction']:.3f} with the family prior (p = {r['p_value']:.3g})")
+          f"{r['regret_next_500_reduction']:.3f} with the family prior (p = {r['p_value']:.3g}); linear Thompson on "
+          f"the query text: {lin['regret_next_500_reduction']:.3f} (p = {lin['p_value']:.3g}); excess regret over the "
+          f"router that knows the newcomer reduced by {r['excess_regret_next_500_reduction']:.3f} (Beta), "
+          f"{lin['excess_regret_next_500_reduction']:.3f} (linear)")
     return 0
 
 

@@ -3,17 +3,23 @@
 Model (D features with the bias first, K models, G families, family f(k) of model k):
 
     w_global                 ~ Normal(0, prior_scale^2 I_D)
-    tau_global, tau_family   ~ HalfNormal(0.5)
-    w_f      = w_global + tau_global * z_f,          z_f ~ Normal(0, I_D)      (non-centred)
-    w_k      = w_{f(k)} + tau_family * z_k,           z_k ~ Normal(0, I_D)
+    tau_global_bias, tau_global, tau_family_bias, tau_family ~ HalfNormal(0.5)
+    s_global = (tau_global_bias, tau_global, ..., tau_global)     (D,) per-coordinate scale: bias, then slopes
+    s_family = (tau_family_bias, tau_family, ..., tau_family)
+    w_f      = w_global + s_global * z_f,            z_f ~ Normal(0, I_D)      (non-centred)
+    w_k      = w_{f(k)} + s_family * z_k,             z_k ~ Normal(0, I_D)
     sigma_k                  ~ HalfNormal(0.5)
     q_n                      ~ Normal(x_n' w_{k_n}, sigma_{k_n}^2)
 
-i.e. w_k ~ N(w_family(k), tau_family^2 I), w_family ~ N(w_global, tau_global^2 I). Fit: SVI with an AutoNormal
+i.e. w_k ~ N(w_family(k), diag(s_family^2)), w_family ~ N(w_global, diag(s_global^2)). The bias weight (a model's
+mean quality) has its own spread at each level: within a family the slopes of the models agree closely while their
+mean quality does not, and one scale shared by all D weights was set by the D - 1 slopes (the bias spread of a
+newcomer's family prior came out far too narrow). `tau_global` / `tau_family` are the slopes' scales,
+`tau_global_bias` / `tau_family_bias` the bias weight's. Fit: SVI with an AutoNormal
 guide and optax Adam (warm-up + cosine decay), the step compiled once per static configuration and run in chunks
 of a `lax.scan` (the patterns of `hierarchical.fit`); rows are padded to a multiple of `PAD_ROWS` with zero weight
 so refitting on another split does not recompile. The result (`QualityFit`) holds posterior means and standard
-deviations of the weights at every level, the two scales and the per-model noise, which is what
+deviations of the weights at every level, the four scales and the per-model noise, which is what
 `bandit_sim.sim.linear.linear_prior` turns into the routers' cold / family / warm priors.
 
 Arrays in, arrays out; no dependency on bandit_sim.
@@ -57,8 +63,10 @@ class QualityFit(NamedTuple):
 
     w_global: np.ndarray  # (D,) float32
     w_global_sd: np.ndarray  # (D,)
-    tau_global: np.ndarray  # () float32
-    tau_family: np.ndarray  # ()
+    tau_global: np.ndarray  # () float32, sd of the family slopes around the global ones
+    tau_family: np.ndarray  # () sd of a model's slopes around its family's
+    tau_global_bias: np.ndarray  # () sd of the family bias weights (mean quality) around the global one
+    tau_family_bias: np.ndarray  # () sd of a model's bias weight around its family's
     w_family: np.ndarray  # (G, D)
     w_family_sd: np.ndarray  # (G, D)
     w_model: np.ndarray  # (K, D)
@@ -71,6 +79,12 @@ class QualityFit(NamedTuple):
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Every array field (for `hierarchical.storage.write_checked_npz`; meta goes to the JSON side)."""
         return {k: np.asarray(v) for k, v in self._asdict().items() if k != "meta"}
+
+
+def scales(bias, slope, d: int):
+    """(..., D) per-coordinate scale: `bias` for the bias weight (feature 0), `slope` for the D - 1 others."""
+    bias, slope = jnp.asarray(bias), jnp.asarray(slope)
+    return jnp.concatenate([bias[..., None], jnp.broadcast_to(slope[..., None], slope.shape + (d - 1,))], -1)
 
 
 def quality_model(x, model_idx, weight, family_of_model, y=None, *, n_models: int, n_families: int,
@@ -86,11 +100,13 @@ def quality_model(x, model_idx, weight, family_of_model, y=None, *, n_models: in
     w_global = numpyro.sample("w_global", dist.Normal(0.0, prior_scale).expand([d]).to_event(1))
     tau_global = numpyro.sample("tau_global", dist.HalfNormal(0.5))
     tau_family = numpyro.sample("tau_family", dist.HalfNormal(0.5))
+    tau_global_bias = numpyro.sample("tau_global_bias", dist.HalfNormal(0.5))
+    tau_family_bias = numpyro.sample("tau_family_bias", dist.HalfNormal(0.5))
     z_fam = numpyro.sample("z_family", dist.Normal(0.0, 1.0).expand([n_families, d]).to_event(2))
     z_mod = numpyro.sample("z_model", dist.Normal(0.0, 1.0).expand([n_models, d]).to_event(2))
     sigma = numpyro.sample("sigma", dist.HalfNormal(0.5).expand([n_models]).to_event(1))
-    w_family = w_global + tau_global * z_fam
-    w_model = w_family[family_of_model] + tau_family * z_mod
+    w_family = w_global + scales(tau_global_bias, tau_global, d) * z_fam
+    w_model = w_family[family_of_model] + scales(tau_family_bias, tau_family, d) * z_mod
     mu = jnp.sum(x * w_model[model_idx], -1)
     with numpyro.plate("rows", x.shape[0]):
         numpyro.sample("q", dist.Normal(mu, sigma[model_idx]).mask(weight > 0), obs=y)
@@ -125,9 +141,11 @@ def _runner(cfg: QualityConfig, k: int, g: int, shapes: tuple = ()) -> _Runner:
     @jax.jit
     def draw(rng, params, family_of_model):
         s = guide.sample_posterior(rng, params, sample_shape=(cfg.num_samples,))
-        w_fam = s["w_global"][:, None, :] + s["tau_global"][:, None, None] * s["z_family"]
-        w_mod = w_fam[:, family_of_model] + s["tau_family"][:, None, None] * s["z_model"]
+        d = s["w_global"].shape[-1]
+        w_fam = s["w_global"][:, None, :] + scales(s["tau_global_bias"], s["tau_global"], d)[:, None] * s["z_family"]
+        w_mod = w_fam[:, family_of_model] + scales(s["tau_family_bias"], s["tau_family"], d)[:, None] * s["z_model"]
         return dict(w_global=s["w_global"], tau_global=s["tau_global"], tau_family=s["tau_family"],
+                    tau_global_bias=s["tau_global_bias"], tau_family_bias=s["tau_family_bias"],
                     w_family=w_fam, w_model=w_mod, sigma=s["sigma"])
 
     r = _Runner(svi, guide, jax.jit(svi.init), run_chunk, draw)
@@ -198,5 +216,6 @@ def fit_quality(x: np.ndarray, model_idx: np.ndarray, family_of_model: np.ndarra
     elbo = np.concatenate(losses).astype(np.float32)
     meta = dict(method="svi", guide="normal", steps=int(elbo.shape[0]), converged=converged,
                 seconds=time.perf_counter() - t0, n_rows=n, seed=seed, final_loss=means[-1])
-    return QualityFit(mean["w_global"], sd["w_global"], mean["tau_global"], mean["tau_family"], mean["w_family"],
-                      sd["w_family"], mean["w_model"], sd["w_model"], mean["sigma"], fam.astype(np.int32), elbo, meta)
+    return QualityFit(mean["w_global"], sd["w_global"], mean["tau_global"], mean["tau_family"],
+                      mean["tau_global_bias"], mean["tau_family_bias"], mean["w_family"], sd["w_family"],
+                      mean["w_model"], sd["w_model"], mean["sigma"], fam.astype(np.int32), elbo, meta)

@@ -9,8 +9,11 @@ import pandas as pd
 import pytest
 
 from bandit_sim.sim.priors import family_prior_from_train
+from bandit_sim.experiments.coldstart import LIN_QUICK, linear_newcomer_priors, run_coldstart
 from bandit_sim.experiments.protocol import prepare, select_models, zipped_hyper
 from bandit_sim.data.loaders import RoutingData, load_data
+from bandit_sim.data.text_features import featurizer_for_table
+from bandit_sim.sim.linear import linear_world_truth
 from bandit_sim.sim.policies import default_hyper
 from bandit_sim.experiments.sweep import pareto_front, parse_range, run_sweep
 
@@ -272,10 +275,8 @@ def test_thompson_learns_and_converges_on_a_known_world():
 
 
 def test_coldstart_end_to_end(tmp_path):
-    from bandit_sim.experiments.coldstart import run_coldstart
-
     rd = _small_synthetic(n_prompts=300)
-    r = run_coldstart(rd, tmp_path, episodes=4, arrival=20, horizon=100, tokens="standin", quick=True,
+    r = run_coldstart(rd, tmp_path, episodes=8, arrival=20, horizon=100, tokens="standin", quick=True,
                       argv=["coldstart"], progress=False)
     m = json.loads((tmp_path / "metrics.json").read_text())
     for k in ("family_prior", "flat_prior"):
@@ -285,3 +286,113 @@ def test_coldstart_end_to_end(tmp_path):
     assert 0.0 <= m["p_value"] <= 1.0 and "regret_next_500_reduction" in m
     assert m["cost_scale_usd"] > 0 and r["exploration"].startswith("pure Thompson")
     assert (tmp_path / "convergence.png").exists()
+    # the linear Thompson router on the query text: the same study, the same fields, finite figures
+    lin = m["linear_thompson"]
+    for k in ("family_prior", "global_prior"):
+        for key in ("regret_next_100", "regret_next_500", "identification_queries"):
+            lo, hi = lin[k][key]["ci95"]
+            assert np.isfinite([lo, hi, lin[k][key]["mean"]]).all() and lo <= lin[k][key]["mean"] + 1e-9 <= hi + 2e-9
+    assert 0.0 <= lin["p_value"] <= 1.0 and 0.0 <= lin["wilcoxon"]["p_value"] <= 1.0
+    assert np.isfinite(lin["regret_next_500_reduction"]) and np.isfinite(lin["regret_next_500_reduction_ci95"]).all()
+    assert lin["units"] == {**m["units"], "mean_difference": lin["units"]["mean_difference"]}
+    assert set(lin["per_family"]) == set(m["per_family"]) and "query features" in lin["features"]
+    for fam, v in lin["per_family"].items():
+        assert v["new_model"] == m["newcomers"][fam] and v["incumbent_priors_identical"]
+        # the newcomer's prior is what differs: its family's weights vs the (wider) global prior
+        pf, pg = v["family_prior"]["prior_quality"], v["global_prior"]["prior_quality"]
+        assert pf != pg and pf["sd"] < pg["sd"]
+    assert "## Linear Thompson sampling on the query text" in (tmp_path / "report.md").read_text()
+    # excess regret over the router that knows the newcomer, both routers; the paired test is the raw one
+    for x, conds in ((m, ("family_prior", "flat_prior")), (lin, ("family_prior", "global_prior"))):
+        for c in conds:
+            e = x["excess_regret_next_500"][c]
+            raw, kn = x[c]["regret_next_500"]["mean"], x["known"]["regret_next_500"]["mean"]
+            assert e["ci95"][0] <= e["mean"] + 1e-9 <= e["ci95"][1] + 2e-9 and abs(e["mean"] - (raw - kn)) < 1e-9
+        assert 0.0 <= x["excess_p_value"] <= 1.0 and abs(x["excess_p_value"] - x["p_value"]) < 1e-6
+        assert "excess_regret_next_500_reduction" in x and all("known" in v for v in x["per_family"].values())
+    assert all(v["known_incumbent_priors_identical"] for v in lin["per_family"].values())
+    assert "## Excess regret over the router that knows the newcomer" in (tmp_path / "report.md").read_text()
+
+
+def test_coldstart_linear_priors_differ_only_in_the_newcomer():
+    """Incumbents get the same warm posterior in both conditions; the newcomer's own rows are never used."""
+    rd = _small_synthetic(n_prompts=300)
+    train = rd.split("train")
+    models = sorted(train["model"].unique())
+    fams = train.groupby("model")["family"].first().astype(str).to_dict()
+    feat, _ = featurizer_for_table(train, d=32, seed=0)  # the run's shapes: the compiled SVI step is reused
+    new = models[1]
+    priors, info = linear_newcomer_priors(train, models, new, feat, fams, config=LIN_QUICK)
+    # the newcomer's quality column scrambled: the same priors (its rows are left out of the fit and the posteriors)
+    t2 = train.copy()
+    t2.loc[t2["model"] == new, "quality"] = 1.0 - t2.loc[t2["model"] == new, "quality"]
+    priors2, _ = linear_newcomer_priors(t2, models, new, feat, fams, config=LIN_QUICK)
+    j = models.index(new)
+    inc = np.arange(len(models)) != j
+    f, g = priors["family_prior"], priors["global_prior"]
+    for a, b in ((f.mean, g.mean), (f.cov, g.cov), (f.noise, g.noise)):
+        np.testing.assert_array_equal(a[inc], b[inc])
+    assert not np.array_equal(f.mean[j], g.mean[j])
+    for c in ("family_prior", "global_prior"):
+        for a, b in zip(priors[c], priors2[c]):
+            np.testing.assert_array_equal(a, b)
+    # the known router's prior (the excess regret's reference) is the only one that uses the newcomer's rows: the
+    # incumbents' rows as in the other two, the newcomer's posterior after its own rows
+    k, k2 = priors["known"], priors2["known"]
+    for a, b in ((f.mean, k.mean), (f.cov, k.cov), (f.noise, k.noise)):
+        np.testing.assert_array_equal(a[inc], b[inc])
+    assert not np.array_equal(k.mean[j], k2.mean[j]) and np.trace(k.cov[j]) < np.trace(f.cov[j])
+    assert info["family_known"] and info["tau_family"] > 0 and info["tau_family_bias"] > 0
+
+
+def _linear_truth_data(n_prompts: int = 300, d: int = 33, seed: int = 3, slope_scale: float = 0.25,
+                       n_families: int = 3) -> RoutingData:
+    """A small table whose quality follows the linear routers' model with family-shared weights (known truth).
+
+    The synthetic table's 3 families x 2 models get weights w_k = w_family + N(0, 0.01^2) from
+    `linear_world_truth` (families 0.2 apart per weight), the query slopes scaled by `slope_scale` so that the family
+    means, which the cold-start regret's full-knowledge reference ranks by, mostly decide the best model per query;
+    q = clip(x'w_k + N(0, 0.1^2)). The query features are a `features` column (user-supplied: the featurizer uses
+    them).
+    """
+    rd = load_data("synthetic", seed=0, n_prompts=n_prompts, n_families=n_families, models_per_family=2,
+                   n_categories=3)
+    t = rd.table.copy()
+    models = sorted(t["model"].unique())
+    fam_names = sorted(t["family"].astype(str).unique())
+    fam_of = t.groupby("model")["family"].first().astype(str)
+    tr = linear_world_truth(n_prompts, 2 * len(fam_names), d, n_families=len(fam_names), tau_global=0.2,
+                            tau_family=0.01, noise_sd=0.1, seed=seed)
+    # model -> a column of the truth whose family is the model's family (columns f and f + G are family f)
+    col = {}
+    for m in models:
+        f = fam_names.index(fam_of[m])
+        col[m] = f if f not in col.values() else f + len(fam_names)
+    pid = {p: i for i, p in enumerate(pd.unique(t["prompt_id"]))}
+    rows = t["prompt_id"].map(pid).to_numpy()
+    w = tr["w"].astype(np.float64) * np.r_[1.0, np.full(d - 1, slope_scale)]
+    noise = np.random.default_rng(seed).normal(0.0, 0.1, (n_prompts, w.shape[0]))
+    q = np.clip(tr["x"].astype(np.float64) @ w.T + noise, 0.0, 1.0)
+    t["quality"] = q[rows, t["model"].map(col).to_numpy()]
+    t["features"] = [list(map(float, tr["x"][i, 1:])) for i in rows]
+    return RoutingData("linear-truth", t, "synthetic", "full-information", ["linear truth"])
+
+
+def test_coldstart_linear_family_prior_beats_global_prior_on_a_known_world(tmp_path):
+    """Families share their weights (tau_family = 0.01 vs 0.2 between families): the newcomer that starts from its
+    family's weights has less regret over the next queries than the one that starts from the global prior.
+
+    Fixed keys (seed 0). The SVI fit of the weight hierarchy is not seed-robust on so few families: with seed 1 it
+    settles on tau_global ~ 0.002 and tau_family ~ 0.02 (the family prior is then the global one and the conditions
+    tie); `tau_global` / `tau_family` are reported per newcomer for that reason. Shapes as in the end-to-end test
+    (6 models, 3 families, D = 33, 300 prompts, 8 episodes): the compiled programs are reused."""
+    rd = _linear_truth_data()
+    r = run_coldstart(rd, tmp_path, episodes=8, arrival=20, horizon=100, lam=0.0, gamma=0.0, tokens="standin",
+                      quick=True, argv=["coldstart"], progress=False, seed=0)
+    lin = r["linear_thompson"]
+    assert "user-supplied" in lin["features"]
+    assert all(v["incumbent_priors_identical"] for v in lin["per_family"].values())
+    assert lin["family_prior"]["regret_next_500"]["mean"] < lin["global_prior"]["regret_next_500"]["mean"]
+    assert lin["regret_next_500_reduction"] > 0.3 and lin["p_value"] < 0.05
+    for v in lin["per_family"].values():  # the fit found the truth's structure: families apart, models close
+        assert v["fit"]["tau_family"] < 0.05 < v["fit"]["tau_global"]

@@ -165,6 +165,15 @@ def test_linear_prior_kinds():
     np.testing.assert_array_equal(ridge.mean[3], 0.0)
     with pytest.raises(ValueError, match="kind must be"):
         linear_prior(fit, fam, "hot")
+    # the bias weight's own scales (feature 0); the slopes keep theirs
+    fit_b = {**fit, "tau_global_bias": 0.3, "tau_family_bias": 0.1}
+    cold_b, fam_b = linear_prior(fit_b, fam, "cold"), linear_prior(fit_b, fam, "family")
+    slopes = np.full(D - 1, 1.0)
+    np.testing.assert_allclose(np.diag(cold_b.cov[0]), np.r_[0.3 ** 2 + 0.1 ** 2, (0.15 ** 2 + 0.03 ** 2) * slopes],
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.diag(fam_b.cov[1]), np.r_[0.01 ** 2 + 0.1 ** 2, (0.01 ** 2 + 0.03 ** 2) * slopes],
+                               rtol=1e-5)
+    np.testing.assert_array_equal(fam_b.mean, famp.mean)
 
 
 def test_family_prior_beats_flat_prior_for_a_newcomer():

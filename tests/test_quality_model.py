@@ -42,3 +42,21 @@ def test_bad_input_named(world):
     x[7, 2] = np.nan
     with pytest.raises(ValueError, match="x row 7"):
         fit_quality(x, world["m"], world["fam"], world["q"])
+
+
+def test_bias_has_its_own_spread():
+    """Models of a family agree on their slopes but not on their mean quality: the fitted bias scale (feature 0)
+    comes out well above the slopes' scale, and the slopes' scale stays near the truth (0.01). The family level
+    (4 families) is too weakly identified for a like assertion on tau_global_bias vs tau_global."""
+    rng = np.random.default_rng(1)
+    k, g, d, n_per = 8, 4, 6, 300
+    fam = np.arange(k) % g
+    w_glob = np.r_[0.5, 0.1 * rng.normal(size=d - 1)]
+    w_fam = w_glob + np.r_[0.2, np.full(d - 1, 0.05)] * rng.normal(size=(g, d))
+    w = w_fam[fam] + np.r_[0.15, np.full(d - 1, 0.01)] * rng.normal(size=(k, d))
+    m = np.repeat(np.arange(k), n_per)
+    x = np.concatenate([np.ones((m.size, 1)), rng.normal(size=(m.size, d - 1))], 1)
+    q = np.sum(x * w[m], 1) + 0.1 * rng.normal(size=m.size)
+    fit = fit_quality(x, m, fam, q, config=QualityConfig(num_steps=2000, min_steps=1000, num_samples=200), seed=0)
+    assert float(fit.tau_family_bias) > 3 * float(fit.tau_family), (fit.tau_family_bias, fit.tau_family)
+    assert float(fit.tau_family) < 0.04 and float(fit.tau_family_bias) > 0.05

@@ -112,7 +112,35 @@ def _heads_coldstart(r: dict) -> list[str]:
             f"(paired p = {r['p_value']:.2g}, {r['units']['newcomers']} newcomers x "
             f"{r['units']['episodes_per_newcomer']} episodes)",
             f"queries to identification: family prior {_ci(f['identification_queries'], 0)} vs flat prior "
-            f"{_ci(fl['identification_queries'], 0)}"]
+            f"{_ci(fl['identification_queries'], 0)}"] + _heads_coldstart_linear(r)
+
+
+def _heads_coldstart_linear(r: dict) -> list[str]:
+    lin = r.get("linear_thompson")
+    if not lin:
+        return []
+    f, g = lin["family_prior"], lin["global_prior"]
+    lo, hi = lin["regret_next_500_reduction_ci95"]
+    return [f"linear Thompson on the query text, regret over the next 500 queries: family prior on weights "
+            f"{_ci(f['regret_next_500'], 2)} vs global prior {_ci(g['regret_next_500'], 2)}; reduction "
+            f"{lin['regret_next_500_reduction']:.3f} [{lo:.3f}, {hi:.3f}] (paired p = {lin['p_value']:.2g}); "
+            f"identification {_ci(f['identification_queries'], 0)} vs {_ci(g['identification_queries'], 0)} queries"
+            ] + _heads_coldstart_excess(r)
+
+
+def _heads_coldstart_excess(r: dict) -> list[str]:
+    out = []
+    for name, x, (fc, rc) in (("Beta Thompson", r, ("family_prior", "flat_prior")),
+                              ("linear Thompson", r.get("linear_thompson") or {}, ("family_prior", "global_prior"))):
+        if "excess_regret_next_500" not in x:
+            continue
+        lo, hi = x["excess_regret_next_500_reduction_ci95"]
+        ex = x["excess_regret_next_500"]
+        out.append(f"{name}, excess regret over the next 500 queries over the router that knows the newcomer: family "
+                   f"{_ci(ex[fc], 2)} vs {rc.split('_')[0]} {_ci(ex[rc], 2)}; reduction "
+                   f"{x['excess_regret_next_500_reduction']:.3f} [{lo:.3f}, {hi:.3f}] "
+                   f"(paired p = {x['excess_p_value']:.2g})")
+    return out
 
 
 def _stage_coldstart(data: str):
@@ -176,9 +204,11 @@ STAGES = (
           "report.md", "metrics.json", _stage_compare("routerbench"), _heads_compare),
     Stage("compare/arenabench", "routing comparison on arena-bench, 5 folds x 2 tracks (`bandit-sim compare`)",
           "report.md", "metrics.json", _stage_compare("arenabench"), _heads_compare),
-    Stage("coldstart/routerbench", "cold start on RouterBench: family prior vs flat prior (`bandit-sim coldstart`)",
+    Stage("coldstart/routerbench", "cold start on RouterBench: family prior vs flat prior, Beta and linear Thompson "
+          "(`bandit-sim coldstart`)",
           "report.md", "metrics.json", _stage_coldstart("routerbench"), _heads_coldstart),
-    Stage("coldstart/arenabench", "cold start on arena-bench: family prior vs flat prior (`bandit-sim coldstart`)",
+    Stage("coldstart/arenabench", "cold start on arena-bench: family prior vs flat prior, Beta and linear Thompson "
+          "(`bandit-sim coldstart`)",
           "report.md", "metrics.json", _stage_coldstart("arenabench"), _heads_coldstart),
     Stage("sweep", "λ×γ sweep with Pareto frontier (`bandit-sim sweep`)", "report.md", "metrics.json", _stage_sweep,
           _heads_sweep),

@@ -1,11 +1,12 @@
 """Priors of the linear-Gaussian routers (`policies.linear_thompson`, `policies.linucb`), built from a training split.
 
 The routers' model (per arm k): q = x'w_k + eps, eps ~ N(0, sigma_k^2), with the hierarchical prior
-w_k ~ N(w_family(k), tau_family^2 I), w_family ~ N(w_global, tau_global^2 I) fitted by SVI in
-`hierarchical.quality` (`fit_quality`). Three starting points, as traced arrays for `Hyper.lin_*`:
+w_k ~ N(w_family(k), T_f), w_family ~ N(w_global, T_g) fitted by SVI in `hierarchical.quality` (`fit_quality`), with
+diagonal T_f = diag(tau_family_bias^2, tau_family^2, ..., tau_family^2) (the bias weight, feature 0, has its own
+scale; the slopes share one) and T_g likewise. Three starting points, as traced arrays for `Hyper.lin_*`:
 
-- ``"cold"``: the global prior only: w_k ~ N(w_global, (tau_global^2 + tau_family^2) I), sigma^2 the global one;
-- ``"family"``: each arm starts from its family's weights and spread: w_k ~ N(E[w_f], diag(Var[w_f]) + tau_family^2 I)
+- ``"cold"``: the global prior only: w_k ~ N(w_global, T_g + T_f), sigma^2 the global one;
+- ``"family"``: each arm starts from its family's weights and spread: w_k ~ N(E[w_f], diag(Var[w_f]) + T_f)
   (posterior mean and variance of w_f from the fit); an arm of a family the fit does not know gets the cold prior;
 - ``"warm"``: the exact conjugate posterior after the arm's own training rows, starting from its family prior
   (`batch_posterior`); an arm with no training rows (a newcomer) starts from ``newcomer`` ("family" or "cold").
@@ -144,13 +145,22 @@ def _field(fit, name):
     return np.asarray(v, np.float64)
 
 
+def _scale_var(fit, name: str, d: int) -> np.ndarray:
+    """(D,) prior variance per coordinate of one level: `name`_bias^2 for the bias weight, `name`^2 for the slopes."""
+    slope = float(_field(fit, name))
+    has_bias = (name + "_bias") in fit if isinstance(fit, dict) else hasattr(fit, name + "_bias")
+    bias = float(_field(fit, name + "_bias")) if has_bias else slope
+    return np.r_[bias ** 2, np.full(d - 1, slope ** 2)]
+
+
 def linear_prior(fit, family_of_arm, kind: str = "family", *, model_of_arm=None, x=None, quality=None, arm=None,
                  newcomer: str = "family") -> LinearPrior:
     """Per-arm priors of the linear routers from a hierarchical fit (and, for "warm", the training rows).
 
     Args:
       fit: `hierarchical.quality.QualityFit` (or a dict / object with the same fields): w_global (D,), tau_global (),
-        w_family (G, D), w_family_sd (G, D), tau_family (), noise_sd (M,) per fitted model, family_of_model (M,).
+        w_family (G, D), w_family_sd (G, D), tau_family (), noise_sd (M,) per fitted model, family_of_model (M,);
+        optional tau_global_bias (), tau_family_bias (): the bias weight's scales (default: the slopes' ones).
       family_of_arm: (K,) int index into the fit's families (-1: a family the fit does not know).
       kind: "cold" | "family" | "warm" (module doc).
       model_of_arm: optional (K,) int index into the fit's models (-1: not fitted) for the per-model noise;
@@ -164,12 +174,14 @@ def linear_prior(fit, family_of_arm, kind: str = "family", *, model_of_arm=None,
         raise ValueError(f"linear_prior: kind must be 'cold', 'family' or 'warm', got {kind!r}")
     if newcomer not in ("family", "cold"):
         raise ValueError(f"linear_prior: newcomer must be 'family' or 'cold', got {newcomer!r}")
-    w_g, tau_g, tau_f = _field(fit, "w_global"), float(_field(fit, "tau_global")), float(_field(fit, "tau_family"))
+    w_g = _field(fit, "w_global")
     w_f, sd_f = _field(fit, "w_family"), _field(fit, "w_family_sd")
+    d = w_g.shape[0]
+    var_g, var_f = _scale_var(fit, "tau_global", d), _scale_var(fit, "tau_family", d)  # (D,) per coordinate
     noise_sd = _field(fit, "noise_sd")
     fam_of_model = np.asarray(_field(fit, "family_of_model"), int)
     fam = np.asarray(family_of_arm, int).reshape(-1)
-    k, d, g = fam.shape[0], w_g.shape[0], w_f.shape[0]
+    k, g = fam.shape[0], w_f.shape[0]
     if np.any(fam >= g):
         raise ValueError(f"linear_prior: family_of_arm has indices >= {g} (the fit's families)")
     var_m = noise_sd ** 2
@@ -181,14 +193,14 @@ def linear_prior(fit, family_of_arm, kind: str = "family", *, model_of_arm=None,
                      np.where(fam >= 0, noise_fam[np.clip(fam, 0, None)], noise_glob))
 
     cold_mean = np.broadcast_to(w_g, (k, d))
-    cold_cov = np.broadcast_to(np.eye(d) * (tau_g ** 2 + tau_f ** 2), (k, d, d))
+    cold_cov = np.broadcast_to(np.diag(var_g + var_f), (k, d, d))
     if kind == "cold":
         noise = np.full(k, noise_glob)
         return _f32(cold_mean, cold_cov, noise)
     known = fam >= 0
     fi = np.clip(fam, 0, None)
     fam_mean = np.where(known[:, None], w_f[fi], cold_mean)
-    fam_cov = np.where(known[:, None, None], np.eye(d)[None] * (sd_f[fi] ** 2 + tau_f ** 2)[:, None, :], cold_cov)
+    fam_cov = np.where(known[:, None, None], np.eye(d)[None] * (sd_f[fi] ** 2 + var_f)[:, None, :], cold_cov)
     if kind == "family":
         return _f32(fam_mean, fam_cov, noise)
     if x is None or quality is None or arm is None:
