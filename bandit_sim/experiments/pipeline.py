@@ -302,6 +302,12 @@ def _bench_lines(bench: Path) -> list[str]:
                          f"{ratios['jax_over_numpy_vectorized']:.2f}x the NumPy vectorised twin and "
                          f"{ratios['jax_over_numpy_loop']:.0f}x the NumPy per-step loop (exact Beta Thompson; "
                          "`results/bench/bench.md`).")
+            lin = k.get("linear_thompson")
+            if lin:
+                lines.append(f"- Linear Thompson kernel (`bandit-sim bench`, K = {lin['K']}, D = {lin['D']}, "
+                             f"E = {lin['episodes']}): {lin['jax_decisions_per_s']:.3g} decisions/s, "
+                             f"{lin['ratio']:.2f}x its NumPy vectorised twin timed alternately in the same run, "
+                             f"compile {lin['compile_s']:.1f} s.")
     tok = bench / "tokens.json"
     if tok.is_file():
         t = json.loads(tok.read_text())
