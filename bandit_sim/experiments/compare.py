@@ -883,6 +883,8 @@ def _learning_curve(rd, fold_list, setups: list[FoldSetup], per_fold: list, st: 
 
 
 def _plot_learning_curve(out: Path, r: dict) -> None:
+    """Left: test AIQ per router against the training prompts; right: AIQ minus the zero router's with the paired
+    95% interval (the text routers and the label-aware Thompson), the question the curve answers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -890,24 +892,34 @@ def _plot_learning_curve(out: Path, r: dict) -> None:
 
     lc = r["learning_curve"]
     x = np.array(lc["train_prompts_mean"])
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for n, e in lc["routers"].items():
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    focus = {"linear_thompson", "linucb", "mf_router", "knn_router", "best_fixed", "thompson", "thompson_label",
+             r["headline"]["router"]}
+    colours = plt.get_cmap("tab20")
+    for i, (n, e) in enumerate(lc["routers"].items()):
+        c = colours(i % 20)
         m = np.array([a["mean"] for a in e["aiq"]])
-        lo = np.array([a["ci95"][0] for a in e["aiq"]])
-        hi = np.array([a["ci95"][1] for a in e["aiq"]])
         if n == "zero_router":
             ax.plot(x, m, c="grey", ls=":", lw=1.5, label="zero router (fixed models)")
             continue
         ls = "--" if e["label_aware"] else "-"
         lw = 2.2 if n in ("linear_thompson", r["headline"]["router"]) else 1.0
-        ax.plot(x, m, ls=ls, marker="o", ms=3, lw=lw, label=n)
-        ax.fill_between(x, lo, hi, alpha=0.12)
-    ax.set_xscale("log")
-    ax.set_xlabel("training prompts with feedback (mean over folds)")
-    ax.set_ylabel("test AIQ (mean over folds, 95% CI)")
-    ax.set_title(f"Learning curve, warm track ({r['data']})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+        ax.plot(x, m, ls=ls, marker="o", ms=3, lw=lw, label=n, color=c)
+        if n in focus:
+            d = np.array([a["mean"] for a in e["minus_zero_router"]])
+            lo = np.array([a["ci95"][0] for a in e["minus_zero_router"]])
+            hi = np.array([a["ci95"][1] for a in e["minus_zero_router"]])
+            ax2.plot(x, d, ls=ls, marker="o", ms=3, lw=lw, label=n, color=c)
+            ax2.fill_between(x, lo, hi, alpha=0.12, color=c)
+    ax2.axhline(0.0, c="grey", ls=":", lw=1.5)
+    for a, title, ylab in ((ax, f"Learning curve, warm track ({r['data']})", "test AIQ (mean over folds)"),
+                           (ax2, "AIQ minus the zero router's (paired 95% CI)", "AIQ difference")):
+        a.set_xscale("log")
+        a.set_xlabel("training prompts with feedback (mean over folds)")
+        a.set_ylabel(ylab)
+        a.set_title(title)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7, loc="lower right")
     savefig(fig, out / "learning_curve.png")
 
 
