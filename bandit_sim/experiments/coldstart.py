@@ -230,15 +230,20 @@ def _study(res: dict, conds: tuple[str, str], rng, seed: int) -> dict:
     summary = {c: {"regret_next_100": _hier_ci(res[c]["r100"], rng), "regret_next_500": _hier_ci(res[c]["r500"], rng),
                    "identification_queries": _hier_ci(res[c]["ident"], rng)} for c in conds}
     f500, r500 = res[fam_c]["r500"], res[ref_c]["r500"]
-    d500 = (f500 - r500).ravel()
-    ttest = paired_test(f500.ravel(), r500.ravel(), "ttest", seed=seed)
-    wil = paired_test(f500.ravel(), r500.ravel(), "wilcoxon", seed=seed)
-    red, red_ci = _reduction(f500, r500, rng)
+    red, red_ci, ttest, wil = _paired(f500, r500, rng, seed)
     n_new, n_ep = f500.shape
     return {**summary,
             "regret_next_500_reduction": red, "regret_next_500_reduction_ci95": red_ci,
             "p_value": ttest.p_value, "test": ttest.as_dict(), "wilcoxon": wil.as_dict(),
-            "units": {"newcomers": n_new, "episodes_per_newcomer": n_ep, "mean_difference": float(d500.mean())}}
+            "units": {"newcomers": n_new, "episodes_per_newcomer": n_ep,
+                      "mean_difference": float((f500 - r500).mean())}}
+
+
+def _paired(f: np.ndarray, r: np.ndarray, rng, seed: int):
+    """Family vs reference over (newcomers, episodes) arrays: (reduction, its 95% CI, paired t-test, Wilcoxon)."""
+    red, red_ci = _reduction(f, r, rng)
+    return (red, red_ci, paired_test(f.ravel(), r.ravel(), "ttest", seed=seed),
+            paired_test(f.ravel(), r.ravel(), "wilcoxon", seed=seed))
 
 
 def _reduction(f: np.ndarray, r: np.ndarray, rng) -> tuple[float, list[float]]:
@@ -269,9 +274,7 @@ def _excess_study(res: dict, conds: tuple[str, str], rng, seed: int) -> dict:
            "excess_regret_next_100": {c: _hier_ci(ex[c]["r100"], rng) for c in conds},
            "excess_regret_next_500": {c: _hier_ci(ex[c]["r500"], rng) for c in conds}}
     f500, r500 = ex[fam_c]["r500"], ex[ref_c]["r500"]
-    red, red_ci = _reduction(f500, r500, rng)
-    ttest = paired_test(f500.ravel(), r500.ravel(), "ttest", seed=seed)
-    wil = paired_test(f500.ravel(), r500.ravel(), "wilcoxon", seed=seed)
+    red, red_ci, ttest, wil = _paired(f500, r500, rng, seed)
     return {**out, "excess_regret_next_500_reduction": red, "excess_regret_next_500_reduction_ci95": red_ci,
             "excess_p_value": ttest.p_value, "excess_test": ttest.as_dict(), "excess_wilcoxon": wil.as_dict(),
             "excess_mean_difference": float((f500 - r500).mean())}
@@ -300,6 +303,11 @@ def _per_family(res: dict, conds: tuple[str, str], model: str, seed: int) -> dic
             "regret_next_500_reduction": float(1.0 - f["r500"].mean() / fl["r500"].mean()) if fl["r500"].mean() > 0
             else float("nan"),
             "regret_test": paired_test(f["r500"], fl["r500"], "ttest", seed=seed).as_dict()}
+
+
+def _same_arms(p, q, arms: np.ndarray) -> bool:
+    """Whether two LinearPriors are identical (mean, covariance and noise) in the rows `arms`."""
+    return bool(all(np.array_equal(np.asarray(a)[arms], np.asarray(b)[arms]) for a, b in zip(p, q)))
 
 
 LINEAR_CONDS = ("family_prior", "global_prior")
@@ -439,16 +447,11 @@ def run_coldstart(data: str | RoutingData, out: Path, *, episodes: int = 100, ar
             lin_per_family[fam][cond]["prior_quality"] = lres[cond]["prior"]
         lin_per_family[fam].update(_per_family_excess(lres, LINEAR_CONDS, seed))
         lin_per_family[fam]["known"]["prior_quality"] = lres["known"]["prior"]
-        q_new = np.asarray(worlds["family_prior"][0].quality, np.float64)[:, j]
         lin_per_family[fam].update(
             fit=fit_info, new_model_train_quality=per_family[fam]["new_model_train_quality"],
-            new_model_test_quality=float(q_new[np.asarray(worlds["family_prior"][0].mask)[:, j]].mean()),
-            incumbent_priors_identical=bool(np.array_equal(pf.mean[inc], pg.mean[inc])
-                                            and np.array_equal(pf.cov[inc], pg.cov[inc])
-                                            and np.array_equal(pf.noise[inc], pg.noise[inc])),
-            known_incumbent_priors_identical=bool(np.array_equal(pf.mean[inc], pk.mean[inc])
-                                                  and np.array_equal(pf.cov[inc], pk.cov[inc])
-                                                  and np.array_equal(pf.noise[inc], pk.noise[inc])))
+            new_model_test_quality=per_family[fam]["new_model_test_quality"],
+            incumbent_priors_identical=_same_arms(pf, pg, inc),
+            known_incumbent_priors_identical=_same_arms(pf, pk, inc))
 
         curves[fam] = (model, res["family_prior"]["rolling"], res["flat_prior"]["rolling"], res["known"]["rolling"],
                        lres["family_prior"]["rolling"], lres["global_prior"]["rolling"], lres["known"]["rolling"])

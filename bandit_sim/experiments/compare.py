@@ -55,7 +55,8 @@ from bandit_sim.sim.linear import flat_linear_prior, linear_posterior
 from bandit_sim.sim.priors import WARM_STRENGTH, warm_prior_from_train
 from hierarchical.storage import atomic_write
 
-__all__ = ["run_compare", "VARIANTS", "Variant", "TRACKS", "select_on_validation", "check_fractions", "LEARNING_FRACTIONS"]
+__all__ = ["run_compare", "VARIANTS", "Variant", "TRACKS", "select_on_validation", "check_fractions",
+           "LEARNING_FRACTIONS"]
 
 TRACKS = ("cold", "warm")
 TARGET_COST_REDUCTION = 0.60  # the research target read beside the retention target (reported, not tuned for)
@@ -861,7 +862,8 @@ def _learning_curve(rd, fold_list, setups: list[FoldSetup], per_fold: list, st: 
     for n in names:
         e: dict[str, Any] = {"aiq": [], "aiq_per_fold": [], "minus_zero_router": [], "minus_best_fixed": []}
         for f in fractions:
-            e["aiq"].append(_ci(np.mean([p[n]["aiq"] for p in points[f]]), np.mean([b[n]["aiq"] for b in boot_stats[f]], 0)))
+            e["aiq"].append(_ci(np.mean([p[n]["aiq"] for p in points[f]]),
+                                np.mean([b[n]["aiq"] for b in boot_stats[f]], 0)))
             e["aiq_per_fold"].append([float(p[n]["aiq"]) for p in points[f]])
             for ref, key in (("zero_router", "minus_zero_router"), ("best_fixed", "minus_best_fixed")):
                 d_pt = np.mean([p[n]["aiq"] - p[ref]["aiq"] for p in points[f]])
