@@ -118,11 +118,12 @@ def _add_experiment_subparsers(sub) -> None:
     cs.add_argument("--out", required=True, help="output folder")
     cs.add_argument("--episodes", type=int, default=500, help="episodes per family and prior (default 500)")
     cs.add_argument("--arrival", type=int, default=200, help="queries before the new model arrives (default 200)")
+    cs.add_argument("--horizon", type=int, default=500,
+                    help="queries measured after the arrival (>= 100; default 500)")
     cs.add_argument("--seed", type=int, default=0)
     cs.add_argument("--lam", type=float, default=0.3, help="cost weight (default 0.3)")
-    cs.add_argument("--gam", type=float, default=0.25, help="uncertainty weight (default 0.25)")
-    cs.add_argument("--threshold", type=float, default=0.02,
-                    help="convergence threshold on the rolling (window 50) mean regret (default 0.02)")
+    cs.add_argument("--gamma", "--gam", dest="gamma", type=float, default=0.25,
+                    help="uncertainty weight: utility pi - lam * (cost + gamma * sd) (default 0.25)")
     cs.add_argument("--tokens", choices=("hierarchical", "standin"), default="hierarchical")
     cs.add_argument("--incumbents", choices=("warm", "flat"), default="warm",
                     help="the other models start from their training-split posterior (warm, default) or Beta(1, 1)")

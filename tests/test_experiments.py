@@ -396,3 +396,26 @@ def test_coldstart_linear_family_prior_beats_global_prior_on_a_known_world(tmp_p
     assert lin["regret_next_500_reduction"] > 0.3 and lin["p_value"] < 0.05
     for v in lin["per_family"].values():  # the fit found the truth's structure: families apart, models close
         assert v["fit"]["tau_family"] < 0.05 < v["fit"]["tau_global"]
+
+
+def test_coldstart_command_line_reaches_run_coldstart(monkeypatch, tmp_path, capsys):
+    """`bandit-sim coldstart` (the command every coldstart report names) passes its options through."""
+    import bandit_sim.cli as cli
+
+    seen = {}
+
+    def fake(data, out, **kw):
+        seen.update(data=data, out=out, **kw)
+        r = {"regret_next_500_reduction": 0.5, "p_value": 0.01, "excess_regret_next_500_reduction": 0.4}
+        return {**r, "linear_thompson": dict(r)}
+
+    monkeypatch.setattr(cli, "run_coldstart", fake)
+    argv = ["coldstart", "--data", "arenabench", "--episodes", "7", "--arrival", "50", "--horizon", "120",
+            "--lam", "0.2", "--gamma", "0.1", "--seed", "3", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert seen["data"] == "arenabench" and seen["episodes"] == 7 and seen["arrival"] == 50
+    assert seen["horizon"] == 120 and seen["lam"] == 0.2 and seen["gamma"] == 0.1 and seen["seed"] == 3
+    assert "wrote" in capsys.readouterr().out
+    assert cli.main(["coldstart", "--out", str(tmp_path), "--gam", "0.3"]) == 0 and seen["gamma"] == 0.3
+    assert cli.main(["coldstart", "--out", str(tmp_path), "--horizon", "50"]) == 2  # below 100: refused by name
+    assert "horizon" in capsys.readouterr().err
