@@ -262,7 +262,7 @@ def _cmd_impact(args) -> int:
         raise ValueError("--compute-usd-per-hour must be >= 0")
     routers = [r.strip() for r in args.routers.split(",")] if args.routers else list(DEFAULT_ROUTERS)
     r = run_impact(args.data, Path(args.out), queries_per_day=args.queries_per_day, days=args.days,
-                   mix=parse_mix(args.mix), prices=args.prices, episodes=args.episodes, seed=args.seed,
+                   mix=parse_mix(args.mix), prices=getattr(args, "prices", None), episodes=args.episodes, seed=args.seed,
                    tokens=args.tokens, latency_ms=args.latency_ms, compute_usd_per_hour=args.compute_usd_per_hour,
                    quick=args.quick, routers=routers)
     for k, v in r["routers"].items():
@@ -296,8 +296,10 @@ def _add_analysis_subparsers(sub) -> None:
     i.add_argument("--queries-per-day", type=float, required=True, help="traffic volume")
     i.add_argument("--days", type=float, default=30.0, help="days per month (default 30)")
     i.add_argument("--mix", help="query mix CATEGORY=SHARE,... (default: the test split's own mix)")
-    i.add_argument("--prices", help="your prices: CSV (model,input,output) or JSON {model: [input, output]}, "
-                                    "USD per 1M tokens (default: the dataset's costs / the catalog)")
+    i.add_argument("--prices", default=argparse.SUPPRESS,  # so `bandit-sim --prices F impact ...` reaches it too
+                   help="your prices, USD per 1M tokens, to re-price the routers' outcomes: the prices file every "
+                        "command takes (TOML/CSV/JSON of name, input_per_m, output_per_m), or the short forms CSV "
+                        "(model,input,output) / JSON {model: [input, output]} (default: the dataset's costs)")
     i.add_argument("--out", required=True, help="output folder")
     i.add_argument("--episodes", type=int, default=64, help="test episodes per router (default 64)")
     i.add_argument("--seed", type=int, default=0)

@@ -65,6 +65,39 @@ def test_read_prices(tmp_path):
     j = tmp_path / "p.json"
     j.write_text(json.dumps({"m-b": [3, 4]}))
     assert read_prices(j)["m-b"] == pytest.approx((3e-6, 4e-6))
+    # the prices file every command takes (a serve config's backends) works here too
+    t = tmp_path / "p.toml"
+    t.write_text('[[backends]]\nname = "m-c"\ninput_per_m = 5\noutput_per_m = 6\nbase_url = "http://x"\n')
+    got = read_prices(t)
+    assert list(got) == ["m-c"] and got["m-c"] == pytest.approx((5e-6, 6e-6))
+    c = tmp_path / "q.csv"
+    c.write_text("name,input_per_m,output_per_m\nm-d,0.5,1.5\n")
+    assert read_prices(c)["m-d"] == pytest.approx((5e-7, 1.5e-6))
+    js = tmp_path / "q.json"
+    js.write_text(json.dumps({"backends": [{"name": "m-e", "input_per_m": 1, "output_per_m": 1}]}))
+    assert read_prices(js)["m-e"] == pytest.approx((1e-6, 1e-6))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,input_per_m,output_per_m\nm-f,-1,2\n")
+    with pytest.raises(ValueError, match=r"entry 0 \('m-f'\): 'input_per_m' must be >= 0"):
+        read_prices(bad)
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({"m-g": [1]}))
+    with pytest.raises(ValueError, match="two prices per model"):
+        read_prices(short)
+    with pytest.raises(ValueError, match="no such prices file"):
+        read_prices(tmp_path / "absent.toml")
+
+
+def test_impact_takes_prices_before_or_after_the_command(tmp_path, monkeypatch):
+    from bandit_sim import cli
+    prices = tmp_path / "p.toml"
+    prices.write_text('[[backends]]\nname = "m"\ninput_per_m = 1\noutput_per_m = 2\n')
+    seen = []
+    monkeypatch.setattr(cli, "run_impact", lambda data, out, **kw: seen.append(kw["prices"]) or {"routers": {}})
+    base = ["impact", "--queries-per-day", "100", "--out", str(tmp_path / "o")]
+    for argv in (base + ["--prices", str(prices)], ["--prices", str(prices)] + base, base):
+        assert cli.main(argv) == 0
+    assert seen == [str(prices), str(prices), None]
 
 
 def _constant_cost_table(n_prompts: int = 150, seed: int = 0) -> pd.DataFrame:

@@ -39,6 +39,7 @@ import pandas as pd
 
 from bandit_sim.data.features import prompt_features
 from bandit_sim.data.loaders import load_data
+from bandit_sim.data.prices import PricesFileError, load_prices
 from bandit_sim.experiments.protocol import episode_stats, prepare, run_policy, select_lambda
 from bandit_sim.experiments.report import command_line, md_table, savefig, write_json
 from bandit_sim.router.router import Query, Router
@@ -220,23 +221,38 @@ def outcomes_from_trajectory(traj, world, info, cost_usd: np.ndarray | None = No
 
 
 def read_prices(path: str | Path) -> dict[str, tuple[float, float]]:
-    """A user's prices: CSV (model, input, output) or JSON {model: [input, output]}, USD per 1M tokens.
+    """A user's prices, USD per 1M tokens: the prices file every command takes (`bandit_sim.data.prices`: TOML, CSV
+    or JSON entries of name, input_per_m, output_per_m -- a serve config is one), or the short forms CSV
+    (model, input, output) and JSON {model: [input, output]}.
 
     Returns:
       model -> (USD per input token, USD per output token).
+    Raises:
+      ValueError (`PricesFileError` for the prices-file format): naming the file and what is wrong.
     """
     path = Path(path)
-    if path.suffix.lower() == ".json":
+    if not path.is_file():
+        raise PricesFileError(f"{path}: no such prices file")
+    suffix = path.suffix.lower()
+    rows = None
+    if suffix == ".json":
         raw = json.loads(path.read_text())
-        rows = {str(m): (float(v[0]), float(v[1])) for m, v in raw.items()}
-    else:
+        if isinstance(raw, dict) and raw and all(isinstance(v, list) and not any(isinstance(x, dict) for x in v)
+                                                 for v in raw.values()):  # {model: [in, out]}, not {backends: [...]}
+            bad = [m for m, v in raw.items() if len(v) != 2]
+            if bad:
+                raise ValueError(f"{path}: {{model: [input, output]}} needs two prices per model; {bad} do not")
+            rows = {str(m): (float(v[0]), float(v[1])) for m, v in raw.items()}
+    elif suffix == ".csv":
         df = pd.read_csv(path)
-        need = {"model", "input", "output"}
-        if not need <= set(df.columns):
-            raise ValueError(f"{path}: a prices CSV needs columns {sorted(need)}, got {list(df.columns)}")
-        rows = {str(r.model): (float(r.input), float(r.output)) for r in df.itertuples()}
-    if any(a < 0 or b < 0 for a, b in rows.values()):
-        raise ValueError(f"{path}: prices must be >= 0")
+        if {"model", "input", "output"} <= set(df.columns) and "input_per_m" not in df.columns:
+            rows = {str(r.model): (float(r.input), float(r.output)) for r in df.itertuples()}
+    if rows is None:  # the common prices-file format (names the entry and field on error)
+        table, _ = load_prices(path)
+        rows = {m: (pr.input_per_m, pr.output_per_m) for m, pr in table.items()}
+    bad = [m for m, (a, b) in rows.items() if not (np.isfinite(a) and np.isfinite(b) and a >= 0 and b >= 0)]
+    if bad:
+        raise ValueError(f"{path}: prices must be finite and >= 0; not so for {bad}")
     return {m: (a / 1e6, b / 1e6) for m, (a, b) in rows.items()}
 
 
