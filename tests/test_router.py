@@ -128,7 +128,7 @@ def test_decision_contents(rd):
     assert set(d.utilities) == set(r.models) == set(d.pi)
     assert all(0.0 <= p <= 1.0 for p in d.pi.values())
     lo, hi = d.tokens_interval
-    assert 0 <= lo <= d.tokens_mean <= hi or lo <= hi
+    assert 0 <= lo <= d.tokens_mean <= hi
     p_in, p_out = r.prices(d.model)
     assert d.cost_usd == pytest.approx(5 * p_in + d.tokens_mean * p_out)
     lam, gam = float(r.hyper.lam), float(r.hyper.gam)

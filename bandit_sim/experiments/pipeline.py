@@ -293,6 +293,13 @@ def _bench_lines(bench: Path) -> list[str]:
                      f"{r['route']['p90_ms']:.2f} ms), one `observe` {r['observe']['median_ms']:.2f} ms, a "
                      f"{r['route_batch']['batch']:,}-query `route_batch` {r['route_batch']['median_ms']:.0f} ms "
                      f"({r['route_batch']['per_query_us']:.0f} µs per query).")
+        lin = r.get("linear_thompson")
+        if lin:
+            lines.append(f"- Linear Thompson live router in the same run (D = {lin['features']}; `route` featurises the "
+                         f"text): one `route` median {lin['route']['median_ms']:.2f} ms (p90 "
+                         f"{lin['route']['p90_ms']:.2f} ms), one `observe` {lin['observe']['median_ms']:.2f} ms, a "
+                         f"{lin['route_batch']['batch']:,}-query `route_batch` {lin['route_batch']['median_ms']:.0f} ms "
+                         f"({lin['route_batch']['per_query_us']:.0f} µs per query).")
     kern = bench / "bench.json"
     if kern.is_file():
         k = json.loads(kern.read_text())
@@ -308,6 +315,15 @@ def _bench_lines(bench: Path) -> list[str]:
                              f"E = {lin['episodes']}): {lin['jax_decisions_per_s']:.3g} decisions/s, "
                              f"{lin['ratio']:.2f}x its NumPy vectorised twin timed alternately in the same run, "
                              f"compile {lin['compile_s']:.1f} s.")
+    srv = bench / "serve.json"
+    if srv.is_file():
+        v = json.loads(srv.read_text())
+        one, many = v["levels"]["1"], v["levels"][max(v["levels"], key=int)]
+        lines.append(f"- Server overhead (`{v['command']}`; server latency minus backend latency, "
+                     f"[docs/serve.md](docs/serve.md#overhead)): p50 {one['overhead_pct_ms']['p50']:.1f} ms / p99 "
+                     f"{one['overhead_pct_ms']['p99']:.1f} ms at 1 client; at {max(v['levels'], key=int)} concurrent "
+                     f"clients p50 {many['overhead_pct_ms']['p50']:.0f} ms at {many['requests_per_s']:.0f} req/s "
+                     f"(the 5 ms p99 target there is {'met' if many['overhead_pct_ms']['p99'] <= 5 else 'not met'}).")
     tok = bench / "tokens.json"
     if tok.is_file():
         t = json.loads(tok.read_text())
@@ -334,14 +350,56 @@ def readme_results(root: Path) -> str:
                       README_END])
 
 
-def sync_readme(root: Path) -> bool:
-    """Rewrite the generated block of root/README.md from the results files; True if it changed."""
-    path = Path(root) / "README.md"
+SERVE_BEGIN = "<!-- serve-overhead:begin (generated from results/bench/serve.json by `make bench`; do not edit) -->"
+SERVE_END = "<!-- serve-overhead:end -->"
+
+
+def serve_overhead_block(root: Path) -> str:
+    """docs/serve.md's overhead table and in-process timings, read from results/bench/serve.json (markers included)."""
+    path = Path(root) / "results" / "bench" / "serve.json"
+    if not path.is_file():
+        return "\n".join([SERVE_BEGIN, "", "No `results/bench/serve.json` yet: run `make bench`.", "", SERVE_END])
+    v = json.loads(path.read_text())
+    m = v.get("machine", {})
+    load = m.get("load_average_at_end")
+    rows = []
+    for n in sorted(v["levels"], key=int):
+        x = v["levels"][n]
+        o, per, be = x["overhead_pct_ms"], x["overhead_per_request_ms"], x["backend_latency_ms"]
+        p99 = (f"{o['p99']:.1f} ms (per request: {per['p99']:.1f} ms)" if be["p99"] < 10 * v["backend_delay_ms"]
+               else f"not meaningful: the backend's own p99 was {be['p99'] / 1e3:.1f} s")
+        rows.append(f"| {n} | {o['p50']:.1f} ms (per request: {per['p50']:.1f} ms) | {p99} | "
+                    f"{x['requests_per_s']:.0f} | {x['passthrough_overhead_pct_ms']['p50']:.1f} ms |")
+    ip = v["in_process_ms"]
+    return "\n".join([
+        SERVE_BEGIN, "",
+        f"Last run (`{v['command']}`; {m.get('cpus', '?')} CPUs, Python {m.get('python', '?')}"
+        + (f", load average {load[0]:.1f} at the end: backends, server and load generator share the cores" if load
+           else "") + f"; backends answer after {v['backend_delay_ms']:.0f} ms, {v['requests']} requests per level):",
+        "", "| clients | overhead p50 | overhead p99 | req/s via server | proxy alone (backend named), overhead p50 |",
+        "|---|---|---|---|---|", *rows, "",
+        f"In-process, per call: one `route` and its log line {ip['route_and_log']:.1f} ms (the router step alone "
+        f"{ip['router_route']:.1f} ms), token count {ip['count_tokens']:.3f} ms, a log append "
+        f"{ip['log_append_flush']:.3f} ms (with fsync {ip['log_append_fsync']:.1f} ms), a feedback with its fsync "
+        f"{ip['feedback_with_fsync']:.1f} ms, a state save {ip['state_save']:.1f} ms (every `save_every` events).",
+        "", SERVE_END])
+
+
+def _sync_block(path: Path, begin: str, end: str, block: str) -> bool:
     text = path.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise ValueError(f"{path}: no generated results block ({README_BEGIN!r} ... {README_END!r})")
-    a, b = text.index(README_BEGIN), text.index(README_END) + len(README_END)
-    new = text[:a] + readme_results(root) + text[b:]
+    if begin not in text or end not in text:
+        raise ValueError(f"{path}: no generated block ({begin!r} ... {end!r})")
+    a, b = text.index(begin), text.index(end) + len(end)
+    new = text[:a] + block + text[b:]
     if new != text:
         atomic_write(path, new)
     return new != text
+
+
+def sync_readme(root: Path) -> bool:
+    """Rewrite the generated blocks (README.md's results, docs/serve.md's overhead) from the results files; True if
+    either changed."""
+    root = Path(root)
+    a = _sync_block(root / "README.md", README_BEGIN, README_END, readme_results(root))
+    b = _sync_block(root / "docs" / "serve.md", SERVE_BEGIN, SERVE_END, serve_overhead_block(root))
+    return a or b
