@@ -8,6 +8,7 @@ import pytest
 
 from bandit_sim.data.loaders import load_data
 from bandit_sim.data.schema import DataValidationError, validate_table
+from bandit_sim.data import text_features as TF
 from bandit_sim.data.text_features import (BiasOnly, GivenFeatures, TextFeaturizer, featurizer_for_table,
                                            featurizer_from_arrays, transform_table)
 from bandit_sim.sim.world import world_from_table
@@ -46,6 +47,21 @@ def _table(features=None, prompt=True):
                 r["features"] = features[i]
             rows.append(r)
     return pd.DataFrame(rows)
+
+
+def test_projection_equals_the_sparse_product_and_its_cache_follows_the_basis():
+    f = TextFeaturizer.fit(PROMPTS, d=8, seed=0, n_hash=2 ** 10)
+    x = TF.tfidf(TF._tf(PROMPTS, 2 ** 10), f.idf)
+    basis = f.svd.copy()
+    want = np.asarray(x @ basis.T, np.float32)
+    np.testing.assert_array_equal(TF.project(x, basis), want)  # bit for bit, first call (fills the cache)
+    np.testing.assert_array_equal(TF.project(x[:1], basis), want[:1])  # cached transpose, one row
+    key = id(basis)
+    assert key in TF._BASIS_T
+    with pytest.raises(ValueError):  # cached: frozen, so an in-place change cannot leave a stale transpose
+        basis[0] += 1.0
+    del basis
+    assert key not in TF._BASIS_T  # dropped with its basis: no stale transpose, no leak
 
 
 def test_user_features_validated_naming_the_row():

@@ -21,6 +21,7 @@ training table and says which in a note.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ from sklearn.preprocessing import normalize
 
 from bandit_sim.data.schema import DataValidationError
 
-__all__ = ["hashed_tf", "fit_idf", "tfidf", "fit_svd", "standardiser", "TextFeaturizer", "GivenFeatures", "BiasOnly",
+__all__ = ["hashed_tf", "fit_idf", "tfidf", "fit_svd", "project", "standardiser", "TextFeaturizer", "GivenFeatures", "BiasOnly",
            "features_matrix", "check_feature_rows", "featurizer_for_table", "featurizer_from_arrays", "transform_table", "N_HASH"]
 
 N_HASH = 2 ** 14  # buckets per analyzer (word, char): the SVD basis is (d, 2 * N_HASH) float32 = 4 MB at d = 32
@@ -78,6 +79,26 @@ def fit_svd(x, n_components: int, seed: int) -> np.ndarray:
     return svd.components_.astype(np.float32)
 
 
+_BASIS_T: dict[int, tuple] = {}  # id(basis) -> (weak reference to basis, its C-contiguous transpose)
+
+
+def project(x, basis: np.ndarray) -> np.ndarray:
+    """(N, S) float32 = x @ basis.T for a sparse x (N, H) and a dense basis (S, H).
+
+    The same product as ``x @ basis.T`` (bit for bit: scipy's kernel on the same contiguous operand), without scipy
+    copying the transposed basis (4 MB at S = 32) on every call: the copy is made once per basis array and dropped
+    with it; the basis is made read-only then, so it cannot change under its copy. A single routed query's
+    projection goes from about 0.9 ms to 0.02 ms.
+    """
+    key = id(basis)
+    hit = _BASIS_T.get(key)
+    if hit is None or hit[0]() is not basis:
+        basis.flags.writeable = False
+        bt = np.ascontiguousarray(basis.T)
+        _BASIS_T[key] = hit = (weakref.ref(basis, lambda _ref, k=key: _BASIS_T.pop(k, None)), bt)
+    return np.asarray(x @ hit[1], np.float32)
+
+
 def standardiser(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, scale) float32 of the columns of `raw`; constant columns get scale 1 (they stay 0)."""
     mean = raw.mean(0)
@@ -121,7 +142,7 @@ class TextFeaturizer(NamedTuple):
         comps = fit_svd(x, d, seed)
         basis = np.zeros((d, tf.shape[1]), np.float32)
         basis[: comps.shape[0]] = comps
-        mean, scale = standardiser(np.asarray(x @ basis.T, np.float32))
+        mean, scale = standardiser(project(x, basis))
         return cls(idf, basis, mean, scale)
 
     @property
@@ -132,7 +153,7 @@ class TextFeaturizer(NamedTuple):
     def transform(self, prompts: Sequence[str]) -> np.ndarray:
         """(N, D) float32 features of `prompts` ([1, standardised SVD coordinates])."""
         x = tfidf(_tf([str(p) for p in prompts], self.idf.shape[0] // 2), self.idf)
-        z = np.asarray(x @ self.svd.T, np.float32)
+        z = project(x, self.svd)
         return _with_bias((z - self.mean) / self.scale)
 
     def to_arrays(self) -> dict[str, np.ndarray]:

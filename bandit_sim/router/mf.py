@@ -39,7 +39,7 @@ import numpy as np
 import optax
 import pandas as pd
 
-from bandit_sim.data.text_features import fit_idf, fit_svd, hashed_tf, standardiser, tfidf
+from bandit_sim.data.text_features import fit_idf, fit_svd, hashed_tf, project, standardiser, tfidf
 from hierarchical.features import query_features
 from hierarchical.storage import read_checked_npz, write_checked_npz
 
@@ -137,7 +137,7 @@ def _fit_featurizer(prompts: Sequence[str], input_tokens: np.ndarray, n_hash: in
 
 def _transform(f: _Featurizer, prompts: Sequence[str], input_tokens: np.ndarray) -> np.ndarray:
     x = tfidf(hashed_tf(prompts, f.idf.shape[0]), f.idf)
-    raw = np.concatenate([_query_features(prompts, input_tokens), np.asarray(x @ f.svd.T, np.float32)], axis=1)
+    raw = np.concatenate([_query_features(prompts, input_tokens), project(x, f.svd)], axis=1)
     return ((raw - f.mean) / f.scale).astype(np.float32)
 
 
