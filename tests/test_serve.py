@@ -407,3 +407,22 @@ def test_spend_target_moves_lambda(tmp_path):
     assert s.lam > lam0 * 1.5
     s.close()
     assert RouterService(load_config(cfg_path)).lam == pytest.approx(s.lam)  # saved with the state
+
+
+def test_restart_with_a_backend_without_api_key_env(tmp_path):
+    # api_key_env is optional; the state file and the log's admin "add" record it as null, which a restart must read
+    a = _backend("a", "http://127.0.0.1:9/v1")
+    del a["api_key_env"]
+    cfg = load_config(write_config(tmp_path / "r.toml", [a, _backend("b", "http://127.0.0.1:9/v1")],
+                                   server=dict(state="s.npz", decision_log="log.jsonl", save_every=1000)))
+    s = RouterService(cfg)
+    added = s.add_backend(dict(name="c", base_url="http://127.0.0.1:9/v1", input_per_m=0.1, output_per_m=0.2))
+    assert added["added"]["api_key_env"] is None
+    s.close()
+    s2 = RouterService(cfg)  # state file: a and c without a key variable
+    assert s2.backends["a"].api_key_env is None and s2.backends["c"].api_key_env is None
+    s2.close()
+    (tmp_path / "s.npz").unlink()  # from the log alone: the admin "add" event is replayed
+    s3 = RouterService(cfg)
+    assert "c" in s3.router.models and s3.backends["c"].api_key_env is None
+    s3.close()

@@ -156,7 +156,9 @@ def parse_backend(d: Any, where: str) -> Backend:
     p = prices[name]
     mean = _num(d, "tokens_mean", where, DEFAULT_TOKENS_MEAN)
     sd = _num(d, "tokens_sd", where, DEFAULT_TOKENS_SD)
-    return Backend(name=name, base_url=base_url.rstrip("/"), api_key_env=_str(d, "api_key_env", where),
+    # optional: absent, or null in the JSON the server saves (state file, admin log lines) of a backend without one
+    key_env = None if d.get("api_key_env") is None else _str(d, "api_key_env", where)
+    return Backend(name=name, base_url=base_url.rstrip("/"), api_key_env=key_env,
                    family=_str(d, "family", where) or family_of(name), input_per_m=p.input_per_m,
                    output_per_m=p.output_per_m, model=_str(d, "model", where) or name, tokens_mean=mean, tokens_sd=sd)
 
