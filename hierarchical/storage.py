@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["array_digest", "atomic_write", "atomic_savez", "write_checked_npz", "read_checked_npz"]
+__all__ = ["array_digest", "atomic_write", "atomic_savez", "npz_path", "write_checked_npz", "read_checked_npz"]
 
 
 def array_digest(a: np.ndarray) -> str:
@@ -70,6 +70,15 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path
     return atomic_write(path, buf.getvalue())
 
 
+def npz_path(path: str | os.PathLike) -> Path:
+    """The file a checked npz at `path` lives in: `path`, with ".npz" appended when it does not end in ".npz".
+
+    `write_checked_npz` and `read_checked_npz` both go through it, so what is saved as "x" is read back as "x".
+    """
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
 def _json_default(x):
     if isinstance(x, np.integer):
         return int(x)
@@ -91,9 +100,7 @@ def write_checked_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], me
     Returns:
       The path written.
     """
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    path = npz_path(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     meta = dict(meta, sha256={k: array_digest(v) for k, v in arrays.items()})
     out = dict(arrays)
@@ -106,7 +113,7 @@ def read_checked_npz(path: str | os.PathLike, *, error: type[Exception] = ValueE
     """Read a file written by `write_checked_npz`: (arrays, meta), checksums verified, never unpickled.
 
     Args:
-      path: the .npz file.
+      path: the .npz file (".npz" appended when missing, as `write_checked_npz` does).
       error: exception class raised (with a message naming the file and the problem).
       what: what the file is, for messages ("router state file", ...).
       fmt: when given, meta["format"] must equal it.
@@ -114,9 +121,11 @@ def read_checked_npz(path: str | os.PathLike, *, error: type[Exception] = ValueE
     Returns:
       (arrays without ``__meta__``, meta dict).
     """
-    path = Path(path)
+    given = Path(path)
+    path = npz_path(given)
     if not path.is_file():
-        raise error(f"{path}: no such {what}")
+        note = f" ({given} is not read: these files end in .npz)" if given != path and given.exists() else ""
+        raise error(f"{path}: no such {what}{note}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

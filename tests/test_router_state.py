@@ -190,3 +190,17 @@ def test_unknown_versions_refused(rd, tmp_path):
     write_state(tmp_path / "other.npz", arrays, dict(meta, format="something-else"))
     with pytest.raises(RouterStateError, match="format 'something-else'"):
         Router.load(tmp_path / "other.npz")
+
+
+def test_a_path_without_npz_is_read_where_it_was_written(tmp_path):
+    stats = {"gpt-4o-2024-05-13": [300, 100, 100, 500], "claude-3-haiku-20240307": [200, 80, 80, 400]}
+    r = Router(StandInTokens(stats, {m: m.split("-")[0] for m in stats}), list(stats), cost_scale=0.01)
+    r.observe(r.route("hello"), 1.0, 5)
+    written = r.save(tmp_path / "x")
+    assert written == tmp_path / "x.npz"
+    r2 = Router.load(tmp_path / "x")  # the same name as given to save
+    assert r2.posterior() == r.posterior() and r2.step == r.step
+    assert Router.load(str(tmp_path / "x")).step == r.step
+    (tmp_path / "y.bin").write_bytes(b"not read")
+    with pytest.raises(RouterStateError, match=r"y\.bin\.npz: no such router state file.*end in \.npz"):
+        Router.load(tmp_path / "y.bin")

@@ -426,3 +426,18 @@ def test_restart_with_a_backend_without_api_key_env(tmp_path):
     s3 = RouterService(cfg)
     assert "c" in s3.router.models and s3.backends["c"].api_key_env is None
     s3.close()
+
+
+def test_state_path_without_npz_is_restored_on_restart(tmp_path):
+    cfg_path = write_config(tmp_path / "r.toml", [_backend("a", "http://127.0.0.1:9/v1"),
+                                                  _backend("b", "http://127.0.0.1:9/v1")],
+                            server=dict(state="router_state", decision_log="log.jsonl", save_every=1000))
+    cfg = load_config(cfg_path)
+    assert cfg.state == tmp_path / "router_state.npz"
+    s = RouterService(cfg)
+    s.feedback(s.route("q", 5).decision_id, 1.0, output_tokens=3)
+    s.close()
+    (tmp_path / "log.jsonl").unlink()  # only the state file can bring the feedback back
+    s2 = RouterService(load_config(cfg_path))
+    assert s2.router.summary()["observed"] == 1 and s2.router.step == 1
+    s2.close()
