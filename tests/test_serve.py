@@ -23,6 +23,7 @@ import pytest
 from bandit_sim.cli import main
 from bandit_sim.serve.config import ConfigError, load_config
 from bandit_sim.serve.service import RouterService
+from bandit_sim.serve.wal import DecisionLog, DecisionLogError, read_log
 from serve_helpers import base_env, start_backend, start_server, write_config
 
 UPSTREAM_KEY = "sk-upstream-SECRET-7f3a9c"
@@ -441,3 +442,36 @@ def test_state_path_without_npz_is_restored_on_restart(tmp_path):
     s2 = RouterService(load_config(cfg_path))
     assert s2.router.summary()["observed"] == 1 and s2.router.step == 1
     s2.close()
+
+
+def test_decision_log_skips_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    log = DecisionLog(path)
+    for i in range(4):
+        log.append(dict(type="feedback", id=f"d{i}"), sync=True)
+    log.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines) + b'{"seq":5,"ty')  # torn last line: skipped and cut
+    assert [e["seq"] for e in read_log(path)] == [1, 2, 3, 4]
+    log = DecisionLog(path)
+    assert log.append(dict(type="feedback", id="d4")) == 5
+    log.close()
+    assert [e["seq"] for e in read_log(path)] == [1, 2, 3, 4, 5]
+    # a damaged line in the middle: an error naming the file and the line, not a silent end of the log
+    lines = path.read_bytes().splitlines(keepends=True)
+    for bad in (b'{"seq":2,"type":"feedb\n', b"[1, 2]\n", b"\xff\xfe\n"):
+        path.write_bytes(b"".join(lines[:1] + [bad] + lines[2:]))
+        with pytest.raises(DecisionLogError, match=rf"{path.name}: line 2 is damaged"):
+            list(read_log(path))
+        with pytest.raises(DecisionLogError, match="line 2"):
+            DecisionLog(path)  # the server does not start (and reuses no seq)
+    assert path.read_bytes().endswith(lines[-1])  # nothing cut
+
+
+def test_service_with_a_damaged_log_line_does_not_start_and_names_it(tmp_path):
+    cfg_path = write_config(tmp_path / "r.toml", [_backend("a", "http://127.0.0.1:9/v1")],
+                            server=dict(state="s.npz", decision_log="log.jsonl"))
+    (tmp_path / "log.jsonl").write_text('{"seq":1,"type":"failed","id":"d0"}\nnot json\n'
+                                        '{"seq":3,"type":"failed","id":"d1"}\n')
+    with pytest.raises(DecisionLogError, match="log.jsonl: line 2"):
+        RouterService(load_config(cfg_path))
