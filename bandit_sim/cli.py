@@ -26,7 +26,7 @@ import jax
 
 from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import load_data
-from bandit_sim.data.prices import use_prices_file
+from bandit_sim.data.prices import PricesFileError, use_prices_file
 from bandit_sim.data.schema import DataValidationError
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import check_fractions, run_compare
@@ -382,13 +382,24 @@ def _add_prices_option(parser: argparse.ArgumentParser) -> None:
                 _add_prices_option(sp)
 
 
+def _register_prices(path: str, *, impact: bool) -> None:
+    """`--prices FILE` for this process. `impact` also takes the short forms CSV model,input,output and JSON
+    {model: [input, output]} (it re-prices outcomes, `impact.read_prices`): a file not in the common format is
+    not registered then, and impact reads it itself (naming what is wrong in it)."""
+    try:
+        use_prices_file(path)
+    except PricesFileError:
+        if not impact:
+            raise
+
+
 def main(argv=None) -> int:
     """Entry point of the `bandit-sim` console script."""
     args = build_parser().parse_args(argv)
     _enable_compilation_cache()
     try:
-        if getattr(args, "prices", None) and args.func is not _cmd_impact:
-            use_prices_file(args.prices)
+        if getattr(args, "prices", None):
+            _register_prices(args.prices, impact=args.func is _cmd_impact)
         return int(args.func(args) or 0)
     except DataValidationError as exc:
         print(f"invalid data: {exc}", file=sys.stderr)

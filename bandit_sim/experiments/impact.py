@@ -37,6 +37,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from bandit_sim.data.catalog import user_prices
 from bandit_sim.data.features import prompt_features
 from bandit_sim.data.loaders import load_data
 from bandit_sim.data.prices import PricesFileError, load_prices
@@ -430,6 +431,9 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     premium = it.models[int(np.argmax(np.asarray(wt.pred_cost).mean(0)))]
     best_model = (max(it.models, key=lambda m: proj["routers"]["best_single"]["utilization"][m])
                   if "best_single" in proj["routers"] else None)
+    # `bandit-sim --prices FILE` registers a file in the common format for the process (`use_prices_file`)
+    chose_with = ("the registered user prices (catalog prices for models they do not list)" if user_prices()
+                  else "catalog prices")
     result = {
         "command": cmd, "data": rd.name, "seed": seed, "episodes": episodes, "test_queries": n_test,
         "models": list(it.models), "premium_model": premium, "best_single_model": best_model,
@@ -444,7 +448,7 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
         "measured: median of live Router.route calls (stand-in tokens) after warm-up, this machine",
         "seconds": {"prepare": t_prep - t_start, "token_draws": t_draws, "routers": t_routers, "latency": t_lat,
                     "total": time.perf_counter() - t_start, "token_fit": setup.token_fit.get("fit_seconds")},
-        "notes": list(setup.notes) + ([f"routers chose with catalog prices; costs repriced with {prices}"]
+        "notes": list(setup.notes) + ([f"routers chose with {chose_with}; costs repriced with {prices}"]
                                       if prices else []),
         **proj,
     }
