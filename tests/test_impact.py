@@ -12,7 +12,7 @@ import pytest
 from bandit_sim.cli import main
 from bandit_sim.data.catalog import clear_user_prices, user_prices
 from bandit_sim.data.loaders import load_data
-from bandit_sim.experiments.impact import parse_mix, project_monthly, read_prices
+from bandit_sim.experiments.impact import parse_mix, project_monthly, read_prices, run_impact
 
 COSTS = {"m-cheap": 0.001, "m-mid": 0.004, "m-premium": 0.02}  # USD per call, whatever the query
 
@@ -171,6 +171,19 @@ def test_impact_command_on_a_world_with_known_costs(tmp_path):
     assert r["cheapest"]["vs_always_premium"]["savings_fraction"]["estimate"] == pytest.approx(1 - 0.001 / 0.02,
                                                                                              rel=1e-5)
     assert r["random"]["vs_always_premium"]["break_even_compute_usd_per_hour"]["estimate"] > 0
+
+
+def test_impact_with_a_registered_prices_file_says_so(tmp_path, no_user_prices):
+    path = tmp_path / "world.csv"
+    _constant_cost_table().to_csv(path, index=False)
+    prices = tmp_path / "p.toml"
+    prices.write_text("".join(f'[[backends]]\nname = "{m}"\ninput_per_m = 1\noutput_per_m = {1000 * c}\n'
+                              for m, c in COSTS.items()))
+    out = tmp_path / "impact"
+    assert main(["impact", "--data", str(path), "--queries-per-day", "1000", "--out", str(out), "--tokens", "standin",
+                 "--latency-ms", "0.5", "--quick", "--routers", "always_premium,cheapest", "--prices", str(prices)]) == 0
+    notes = json.loads((out / "metrics.json").read_text())["notes"]
+    assert any(f"routers chose with the registered user prices" in n and str(prices) in n for n in notes)
 
 
 def test_families_command_quick(tmp_path):

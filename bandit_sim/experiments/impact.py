@@ -37,7 +37,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from bandit_sim.data.catalog import user_prices
+from bandit_sim.data.catalog import user_prices as registered_prices
 from bandit_sim.data.features import prompt_features
 from bandit_sim.data.loaders import load_data
 from bandit_sim.data.prices import PricesFileError, load_prices
@@ -432,7 +432,7 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     best_model = (max(it.models, key=lambda m: proj["routers"]["best_single"]["utilization"][m])
                   if "best_single" in proj["routers"] else None)
     # `bandit-sim --prices FILE` registers a file in the common format for the process (`use_prices_file`)
-    chose_with = ("the registered user prices (catalog prices for models they do not list)" if user_prices()
+    chose_with = ("the registered user prices (catalog prices for models they do not list)" if registered_prices()
                   else "catalog prices")
     result = {
         "command": cmd, "data": rd.name, "seed": seed, "episodes": episodes, "test_queries": n_test,
@@ -469,9 +469,11 @@ def _plot(path: Path, r: dict) -> None:
     for i, k in enumerate(names):
         v = r["routers"][k]
         c, q = v["monthly_cost_usd"], v["quality"]
-        ax.errorbar(c["estimate"], q["estimate"], xerr=[[c["estimate"] - c["ci95"][0]], [c["ci95"][1] - c["estimate"]]],
-                    yerr=[[q["estimate"] - q["ci95"][0]], [q["ci95"][1] - q["estimate"]]], fmt="o", capsize=2,
-                    label=k, color=f"C{i}")
+        # max(0, .): a constant cost's interval equals its estimate up to rounding (matplotlib refuses < 0)
+        ax.errorbar(c["estimate"], q["estimate"], xerr=[[max(0.0, c["estimate"] - c["ci95"][0])],
+                                                        [max(0.0, c["ci95"][1] - c["estimate"])]],
+                    yerr=[[max(0.0, q["estimate"] - q["ci95"][0])], [max(0.0, q["ci95"][1] - q["estimate"])]],
+                    fmt="o", capsize=2, label=k, color=f"C{i}")
     ax.set_xscale("log")
     ax.set_xlabel(f"monthly cost, USD ({r['queries_per_day']:,.0f} queries/day; 95% interval)")
     ax.set_ylabel("mean quality per query")
