@@ -137,6 +137,13 @@ def test_impact_prices_file_prices_the_users_models_too(tmp_path, monkeypatch, n
     assert seen == [str(short)] and user_prices() == {}
 
 
+def test_run_impact_checks_routers_before_preparing(tmp_path):
+    # an unknown router is named at once, not after loading the data and fitting (no such dataset here either)
+    with pytest.raises(ValueError, match=r"unknown routers \['bogus'\]"):
+        run_impact("no-such-dataset", tmp_path / "o", queries_per_day=10, routers=["cheapest", "bogus"])
+    assert not (tmp_path / "o").exists()
+
+
 def _constant_cost_table(n_prompts: int = 150, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []

@@ -30,6 +30,7 @@ subtracts the overhead.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -86,7 +87,13 @@ def parse_mix(text: str | None) -> dict[str, float] | None:
         name, _, v = part.rpartition("=")
         if not name:
             raise ValueError(f"--mix: expected CATEGORY=SHARE, got {part!r}")
-        out[name.strip()] = float(v)
+        try:
+            share = float(v)
+        except ValueError:
+            raise ValueError(f"--mix: the share of {name.strip()!r} must be a number, got {v!r}") from None
+        if not math.isfinite(share):
+            raise ValueError(f"--mix: the share of {name.strip()!r} must be finite, got {v!r}")
+        out[name.strip()] = share
     if any(v < 0 for v in out.values()) or sum(out.values()) <= 0:
         raise ValueError("--mix: shares must be >= 0 with a positive sum")
     return out
@@ -364,6 +371,9 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     Returns:
       The metrics dict written to DIR/metrics.json.
     """
+    unknown = set(routers) - set(ROUTERS)
+    if unknown:  # before the minutes of preparation below
+        raise ValueError(f"unknown routers {sorted(unknown)}; known: {list(ROUTERS)}")
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -385,9 +395,6 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     t_sel = time.perf_counter()
     gam, val_eps = 0.25, (4 if quick else 16)
     chosen, outcomes, lam_t = {}, {}, None
-    unknown = set(routers) - set(ROUTERS)
-    if unknown:
-        raise ValueError(f"unknown routers {sorted(unknown)}; known: {list(ROUTERS)}")
     order = sorted(routers, key=lambda k2: not ROUTERS[k2][2])  # tuned routers first: best_single uses their lambda
     for key in order:
         pol, opt, tuned = ROUTERS[key]
