@@ -475,3 +475,27 @@ def test_service_with_a_damaged_log_line_does_not_start_and_names_it(tmp_path):
                                         '{"seq":3,"type":"failed","id":"d1"}\n')
     with pytest.raises(DecisionLogError, match="log.jsonl: line 2"):
         RouterService(load_config(cfg_path))
+
+
+def test_policy_changes_on_restart_are_applied_or_named(tmp_path, caplog):
+    backends = [_backend("a", "http://127.0.0.1:9/v1"), _backend("b", "http://127.0.0.1:9/v1")]
+    server = dict(state="s.npz", decision_log="log.jsonl")
+    path = write_config(tmp_path / "r.toml", backends, server=server, policy="lam = 0.3\ngam = 0.25")
+    s = RouterService(load_config(path))
+    s.close()
+    write_config(path, backends, server=server,
+                 policy='lam = 0.6\ngam = 0.1\ncost_scale = 0.5\nname = "epsilon_greedy"')
+    with caplog.at_level("WARNING", logger="bandit_sim.serve"):
+        s2 = RouterService(load_config(path))
+    text = caplog.text
+    for words in ("lam = 0.6 differs from the restored state's 0.3: using the config's 0.6",
+                  "gam = 0.1 differs", "cost_scale = 0.5 differs",
+                  "name = 'epsilon_greedy' differs from the restored state's 'thompson': using the state's"):
+        assert words in text, (words, text)
+    assert s2.lam == pytest.approx(0.6) and float(s2.router.hyper.gam) == pytest.approx(0.1)
+    assert s2.router.cost_scale == 0.5 and s2.router.policy == "thompson"
+    s2.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bandit_sim.serve"):
+        RouterService(load_config(path)).close()  # saved with the new values: nothing to say now ...
+    assert "lam" not in caplog.text and "name = 'epsilon_greedy'" in caplog.text  # ... but the fixed policy name
