@@ -127,10 +127,15 @@ def read_checked_npz(path: str | os.PathLike, *, error: type[Exception] = ValueE
         note = f" ({given} is not read: these files end in .npz)" if given != path and given.exists() else ""
         raise error(f"{path}: no such {what}{note}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        z = np.load(path, allow_pickle=False)
+        arrays = None  # one .npy array under an .npz name: not an archive
+        if isinstance(z, np.lib.npyio.NpzFile):
+            with z:
+                arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
         raise error(f"{path}: not a readable {what} (.npz), truncated or corrupt ({type(exc).__name__}: {exc})") from exc
+    if arrays is None:
+        raise error(f"{path}: not a {what}: it holds a single array (a .npy file), not an .npz archive")
     if "__meta__" not in arrays:
         raise error(f"{path}: no __meta__ entry (not a {what})")
     try:

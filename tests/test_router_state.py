@@ -204,3 +204,30 @@ def test_a_path_without_npz_is_read_where_it_was_written(tmp_path):
     (tmp_path / "y.bin").write_bytes(b"not read")
     with pytest.raises(RouterStateError, match=r"y\.bin\.npz: no such router state file.*end in \.npz"):
         Router.load(tmp_path / "y.bin")
+
+
+def test_bad_metadata_fields_and_npy_files_are_named(tmp_path):
+    stats = {"gpt-4o-2024-05-13": [300, 100, 100, 500], "claude-3-haiku-20240307": [200, 80, 80, 400]}
+    r = Router(StandInTokens(stats, {m: m.split("-")[0] for m in stats}), list(stats), cost_scale=0.01)
+    r.route(Query("hello", input_tokens=3, query_id="q1"))
+    arrays, meta = read_state(r.save(tmp_path / "ok.npz"))
+    meta.pop("sha256")
+    cases = [("capacity", "abc"), ("capacity", 0), ("chunk", 0), ("step", "x"), ("step", -1), ("cost_scale", -5),
+             ("cost_scale", "1"), ("family_strength", None), ("policy", "ucb1"), ("slots", None),
+             ("pending", [1]), ("pending", {"d0": {"slot": 0}}), ("options", "x"), ("model_family", {}),
+             ("family_names", [1])]
+    for key, value in cases:
+        path = write_state(tmp_path / f"m_{key}.npz", arrays, dict(meta, **{key: value}))
+        with pytest.raises(RouterStateError, match=rf"m_{key}\.npz: metadata field '{key}' must be"):
+            Router.load(path)
+    slot = next(iter(meta["pending"].values()))["slot"]
+    moved = {k: dict(v, slot=slot + 1) for k, v in meta["pending"].items()}  # a pending decision on another slot
+    with pytest.raises(RouterStateError, match="'pending': decision 'd0' names slot"):
+        Router.load(write_state(tmp_path / "moved.npz", arrays, dict(meta, pending=moved)))
+    with pytest.raises(RouterStateError, match="version True"):
+        Router.load(write_state(tmp_path / "v.npz", arrays, dict(meta, version=True)))
+    np.save(tmp_path / "a.npy", np.arange(3))
+    (tmp_path / "a.npy").rename(tmp_path / "a.npz")  # an .npy file under an .npz name
+    with pytest.raises(RouterStateError, match=r"a\.npz: not a router state file: it holds a single array"):
+        Router.load(tmp_path / "a.npz")
+    assert Router.load(tmp_path / "ok.npz").pending == r.pending  # the untouched file still loads

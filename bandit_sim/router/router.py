@@ -844,7 +844,55 @@ def _router_to_state(r) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
+def _check_meta(meta: dict[str, Any], path) -> None:
+    """The state file's JSON fields `_restore` reads, checked: RouterStateError naming the file and the field."""
+    def bad(key, want):
+        return state_file.RouterStateError(f"{path}: metadata field {key!r} must be {want}, got {meta.get(key)!r}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key in ("capacity", "chunk"):
+        if not (is_int(meta[key]) and meta[key] >= 1):
+            raise bad(key, "an integer >= 1")
+    if not (is_int(meta["step"]) and meta["step"] >= 0):
+        raise bad("step", "an integer >= 0")
+    if not (is_num(meta["cost_scale"]) and meta["cost_scale"] > 0):
+        raise bad("cost_scale", "a finite number > 0 (USD)")
+    if not (is_num(meta["family_strength"]) and meta["family_strength"] >= 0):
+        raise bad("family_strength", "a finite number >= 0")
+    names = [policy_name(p) for p in ROUTER_POLICIES]
+    if meta["policy"] not in names:
+        raise bad("policy", f"one of {names}")
+    if not (isinstance(meta["options"], list) and all(isinstance(o, list) and len(o) == 2 and isinstance(o[0], str)
+                                                      for o in meta["options"])):
+        raise bad("options", "a list of [name, value] pairs")
+    if not (isinstance(meta["slots"], list) and all(m is None or (isinstance(m, str) and m) for m in meta["slots"])):
+        raise bad("slots", "a list of model names (null for a free slot)")
+    if not (isinstance(meta["model_family"], dict) and all(isinstance(f, str) for f in meta["model_family"].values())
+            and all(m in meta["model_family"] for m in meta["slots"] if m is not None)):
+        raise bad("model_family", "an object giving every routed model's family")
+    if not (isinstance(meta["family_names"], list) and all(isinstance(f, str) for f in meta["family_names"])):
+        raise bad("family_names", "a list of family names")
+    pend = meta["pending"]
+    fields = {"slot": is_int, "model": lambda v: isinstance(v, str), "step": is_int,
+              "query_id": lambda v: not isinstance(v, (dict, list)), "input_tokens": is_int}
+    if not (isinstance(pend, dict) and all(isinstance(p, dict) and all(f in p and ok(p[f]) for f, ok in fields.items())
+                                           for p in pend.values())):
+        raise bad("pending", "an object of decision id -> {slot, model, step, query_id, input_tokens}")
+    cap, slots = meta["capacity"], meta["slots"]
+    for did, p in pend.items():
+        if not (0 <= p["slot"] < len(slots) and slots[p["slot"]] == p["model"]):
+            raise state_file.RouterStateError(f"{path}: metadata field 'pending': decision {did!r} names slot "
+                                              f"{p['slot']} / model {p['model']!r}, which the slots (capacity {cap}) "
+                                              f"do not hold")
+
+
 def _restore(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, path):
+    _check_meta(meta, path)
     cap = int(meta["capacity"])
     linear = meta["policy"] == "linear_thompson"
     post = ["state/mean", "state/cov", "featurizer/kind", "linear/global/mean", "linear/global/cov",
