@@ -80,13 +80,22 @@ def npz_path(path: str | os.PathLike) -> Path:
 
 
 def _json_default(x):
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
+    if isinstance(x, np.generic):  # NumPy scalars: int, float, bool
+        return x.item()
     if isinstance(x, np.ndarray):
         return x.tolist()
-    return str(x)
+    raise TypeError(f"{type(x).__name__} {x!r} is not JSON data")
+
+
+def _json_key(obj, where: str = "") -> str:
+    """The key path (a.b[2]) of the first value in `obj` that `_json_default` refuses."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        try:
+            json.dumps(v, default=_json_default)
+        except (TypeError, ValueError):
+            return _json_key(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k))
+    return where
 
 
 def write_checked_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
@@ -96,15 +105,22 @@ def write_checked_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], me
     verifies it. ".npz" is appended to `path` when missing.
 
     Args:
-      path: destination. arrays: name -> array (no object arrays). meta: JSON-serialisable metadata.
+      path: destination. arrays: name -> array (no object arrays). meta: JSON-serialisable metadata (NumPy
+        scalars and arrays are converted).
     Returns:
       The path written.
+    Raises:
+      TypeError: a metadata value that is not JSON data (the message names its key); nothing is written.
     """
     path = npz_path(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     meta = dict(meta, sha256={k: array_digest(v) for k, v in arrays.items()})
     out = dict(arrays)
-    out["__meta__"] = np.frombuffer(json.dumps(meta, default=_json_default).encode(), dtype=np.uint8)
+    try:
+        text = json.dumps(meta, default=_json_default)
+    except (TypeError, ValueError) as exc:  # never a silent str(): the file would not read back what was saved
+        raise TypeError(f"{path}: metadata key {_json_key(meta)!r} cannot be saved as JSON: {exc}") from None
+    out["__meta__"] = np.frombuffer(text.encode(), dtype=np.uint8)
     return atomic_savez(path, out)
 
 

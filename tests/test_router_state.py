@@ -231,3 +231,17 @@ def test_bad_metadata_fields_and_npy_files_are_named(tmp_path):
     with pytest.raises(RouterStateError, match=r"a\.npz: not a router state file: it holds a single array"):
         Router.load(tmp_path / "a.npz")
     assert Router.load(tmp_path / "ok.npz").pending == r.pending  # the untouched file still loads
+
+
+def test_metadata_that_is_not_json_is_refused_naming_its_key(tmp_path):
+    from hierarchical.storage import read_checked_npz, write_checked_npz
+    with pytest.raises(TypeError, match=r"metadata key 'a\.b\[1\]' cannot be saved as JSON"):
+        write_checked_npz(tmp_path / "m.npz", {"x": np.zeros(2)}, {"a": {"b": [1, object()]}})
+    assert not (tmp_path / "m.npz").exists()  # nothing written
+    path = write_checked_npz(tmp_path / "ok.npz", {"x": np.zeros(2)},
+                             {"flag": np.bool_(True), "n": np.int64(3), "v": np.arange(2)})
+    assert read_checked_npz(path)[1] | {"sha256": None} == {"flag": True, "n": 3, "v": [0, 1], "sha256": None}
+    stats = {"gpt-4o-2024-05-13": [300, 100, 100, 500], "claude-3-haiku-20240307": [200, 80, 80, 400]}
+    r = Router(StandInTokens(stats, {m: m.split("-")[0] for m in stats}), list(stats), cost_scale=0.01)
+    with pytest.raises(TypeError, match="metadata key 'extra.when'"):
+        r.save(tmp_path / "r.npz", extra={"when": object()})  # it used to be saved as "<object object at 0x...>"
