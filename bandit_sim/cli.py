@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -26,7 +27,7 @@ import jax
 
 from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import load_data
-from bandit_sim.data.prices import use_prices_file
+from bandit_sim.data.prices import PricesFileError, use_prices_file
 from bandit_sim.data.schema import DataValidationError
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import check_fractions, run_compare
@@ -132,8 +133,16 @@ def _add_experiment_subparsers(sub) -> None:
 
 
 def _positive(name: str, v, lo=1):
-    if v < lo:
+    if not v >= lo:  # NaN too
         raise ValueError(f"--{name} must be >= {lo}, got {v}")
+
+
+def _finite(name: str, v, lo: float | None = 0.0, *, above: bool = False):
+    """A float option: finite, and >= lo (> lo with `above`); ValueError naming it otherwise (None passes)."""
+    if v is None:
+        return
+    if not math.isfinite(v) or (lo is not None and (v <= lo if above else v < lo)):
+        raise ValueError(f"--{name} must be a finite number {'>' if above else '>='} {lo:g}, got {v}")
 
 
 def _fractions(text: str | None):
@@ -178,8 +187,8 @@ def _cmd_coldstart(args) -> int:
     _positive("episodes", args.episodes, lo=2)
     _positive("arrival", args.arrival, lo=0)
     _positive("horizon", args.horizon, lo=100)
-    if args.lam < 0 or args.gamma < 0:
-        raise ValueError("--lam and --gamma must be >= 0")
+    _finite("lam", args.lam)
+    _finite("gamma", args.gamma)
     r = run_coldstart(args.data, Path(args.out), episodes=args.episodes, arrival=args.arrival, horizon=args.horizon,
                       seed=args.seed, lam=args.lam, gamma=args.gamma, tokens=args.tokens, quick=args.quick,
                       incumbents=args.incumbents)
@@ -193,6 +202,9 @@ def _cmd_coldstart(args) -> int:
 
 
 def _cmd_tokens(args) -> int:
+    _positive("n-seeds", args.n_seeds)
+    _positive("steps", args.steps)
+    _positive("batch-size", args.batch_size, lo=0)
     seeds = [args.seed + i for i in range(args.n_seeds)]
     command = "bandit-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     m = run_token_eval(args.data, Path(args.out), seeds, num_steps=args.steps, batch_size=args.batch_size or None,
@@ -255,14 +267,18 @@ def _cmd_families(args) -> int:
 
 
 def _cmd_impact(args) -> int:
-    if not args.queries_per_day > 0 or not args.days > 0:
-        raise ValueError("--queries-per-day and --days must be > 0")
+    _finite("queries-per-day", args.queries_per_day, above=True)
+    _finite("days", args.days, above=True)
     _positive("episodes", args.episodes)
-    if args.compute_usd_per_hour is not None and args.compute_usd_per_hour < 0:
-        raise ValueError("--compute-usd-per-hour must be >= 0")
+    _finite("compute-usd-per-hour", args.compute_usd_per_hour)
+    _finite("latency-ms", args.latency_ms)
+    mix = parse_mix(args.mix)
     routers = [r.strip() for r in args.routers.split(",")] if args.routers else list(DEFAULT_ROUTERS)
+    unknown = sorted(set(routers) - set(ROUTERS))
+    if unknown:
+        raise ValueError(f"--routers: unknown routers {unknown}; known: {', '.join(ROUTERS)}")
     r = run_impact(args.data, Path(args.out), queries_per_day=args.queries_per_day, days=args.days,
-                   mix=parse_mix(args.mix), prices=getattr(args, "prices", None), episodes=args.episodes, seed=args.seed,
+                   mix=mix, prices=getattr(args, "prices", None), episodes=args.episodes, seed=args.seed,
                    tokens=args.tokens, latency_ms=args.latency_ms, compute_usd_per_hour=args.compute_usd_per_hour,
                    quick=args.quick, routers=routers)
     for k, v in r["routers"].items():
@@ -382,13 +398,36 @@ def _add_prices_option(parser: argparse.ArgumentParser) -> None:
                 _add_prices_option(sp)
 
 
+def _check_out(out) -> None:
+    """--out must be a folder that exists or can be made: not a file, nor under one (checked before any work)."""
+    p = Path(out)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ValueError(f"--out {out}: {q} is a file, not a folder")
+            return
+
+
+def _register_prices(path: str, *, impact: bool) -> None:
+    """`--prices FILE` for this process. `impact` also takes the short forms CSV model,input,output and JSON
+    {model: [input, output]} (it re-prices outcomes, `impact.read_prices`): a file not in the common format is
+    not registered then, and impact reads it itself (naming what is wrong in it)."""
+    try:
+        use_prices_file(path)
+    except PricesFileError:
+        if not impact:
+            raise
+
+
 def main(argv=None) -> int:
     """Entry point of the `bandit-sim` console script."""
     args = build_parser().parse_args(argv)
     _enable_compilation_cache()
     try:
-        if getattr(args, "prices", None) and args.func is not _cmd_impact:
-            use_prices_file(args.prices)
+        if getattr(args, "out", None) is not None:
+            _check_out(args.out)
+        if getattr(args, "prices", None):
+            _register_prices(args.prices, impact=args.func is _cmd_impact)
         return int(args.func(args) or 0)
     except DataValidationError as exc:
         print(f"invalid data: {exc}", file=sys.stderr)
@@ -396,6 +435,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, KeyError, ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder that cannot be made or written (the message names the path)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["array_digest", "atomic_write", "atomic_savez", "write_checked_npz", "read_checked_npz"]
+__all__ = ["array_digest", "atomic_write", "atomic_savez", "npz_path", "write_checked_npz", "read_checked_npz"]
 
 
 def array_digest(a: np.ndarray) -> str:
@@ -70,14 +70,32 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path
     return atomic_write(path, buf.getvalue())
 
 
+def npz_path(path: str | os.PathLike) -> Path:
+    """The file a checked npz at `path` lives in: `path`, with ".npz" appended when it does not end in ".npz".
+
+    `write_checked_npz` and `read_checked_npz` both go through it, so what is saved as "x" is read back as "x".
+    """
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
 def _json_default(x):
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
+    if isinstance(x, np.generic):  # NumPy scalars: int, float, bool
+        return x.item()
     if isinstance(x, np.ndarray):
         return x.tolist()
-    return str(x)
+    raise TypeError(f"{type(x).__name__} {x!r} is not JSON data")
+
+
+def _json_key(obj, where: str = "") -> str:
+    """The key path (a.b[2]) of the first value in `obj` that `_json_default` refuses."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        try:
+            json.dumps(v, default=_json_default)
+        except (TypeError, ValueError):
+            return _json_key(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k))
+    return where
 
 
 def write_checked_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
@@ -87,17 +105,22 @@ def write_checked_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], me
     verifies it. ".npz" is appended to `path` when missing.
 
     Args:
-      path: destination. arrays: name -> array (no object arrays). meta: JSON-serialisable metadata.
+      path: destination. arrays: name -> array (no object arrays). meta: JSON-serialisable metadata (NumPy
+        scalars and arrays are converted).
     Returns:
       The path written.
+    Raises:
+      TypeError: a metadata value that is not JSON data (the message names its key); nothing is written.
     """
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    path = npz_path(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     meta = dict(meta, sha256={k: array_digest(v) for k, v in arrays.items()})
     out = dict(arrays)
-    out["__meta__"] = np.frombuffer(json.dumps(meta, default=_json_default).encode(), dtype=np.uint8)
+    try:
+        text = json.dumps(meta, default=_json_default)
+    except (TypeError, ValueError) as exc:  # never a silent str(): the file would not read back what was saved
+        raise TypeError(f"{path}: metadata key {_json_key(meta)!r} cannot be saved as JSON: {exc}") from None
+    out["__meta__"] = np.frombuffer(text.encode(), dtype=np.uint8)
     return atomic_savez(path, out)
 
 
@@ -106,7 +129,7 @@ def read_checked_npz(path: str | os.PathLike, *, error: type[Exception] = ValueE
     """Read a file written by `write_checked_npz`: (arrays, meta), checksums verified, never unpickled.
 
     Args:
-      path: the .npz file.
+      path: the .npz file (".npz" appended when missing, as `write_checked_npz` does).
       error: exception class raised (with a message naming the file and the problem).
       what: what the file is, for messages ("router state file", ...).
       fmt: when given, meta["format"] must equal it.
@@ -114,14 +137,21 @@ def read_checked_npz(path: str | os.PathLike, *, error: type[Exception] = ValueE
     Returns:
       (arrays without ``__meta__``, meta dict).
     """
-    path = Path(path)
+    given = Path(path)
+    path = npz_path(given)
     if not path.is_file():
-        raise error(f"{path}: no such {what}")
+        note = f" ({given} is not read: these files end in .npz)" if given != path and given.exists() else ""
+        raise error(f"{path}: no such {what}{note}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        z = np.load(path, allow_pickle=False)
+        arrays = None  # one .npy array under an .npz name: not an archive
+        if isinstance(z, np.lib.npyio.NpzFile):
+            with z:
+                arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
         raise error(f"{path}: not a readable {what} (.npz), truncated or corrupt ({type(exc).__name__}: {exc})") from exc
+    if arrays is None:
+        raise error(f"{path}: not a {what}: it holds a single array (a .npy file), not an .npz archive")
     if "__meta__" not in arrays:
         raise error(f"{path}: no __meta__ entry (not a {what})")
     try:

@@ -196,3 +196,21 @@ def test_describe_json(capsys):
     for key in ("models", "families", "quality_mean", "output_tokens_median", "cost_usd_total"):
         assert set(d[key]) == set(d["models"]) if key != "models" else len(d[key]) == 11
     assert abs(d["quality_mean"]["gpt-4-1106-preview"] - 0.88) < 0.01
+
+
+def test_blank_input_tokens_are_filled_or_named_never_nan(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    t = _good().assign(prompt=["hello there", "hello there", "bye", "bye"], input_tokens=[5, None, None, None])
+    t.to_csv(path, index=False)
+    rd = load_data(str(path))
+    got = rd.table
+    assert got["input_tokens"].notna().all() and got["cost_usd"].notna().all()
+    assert got["input_tokens"].tolist()[:2] == [5, 5]  # the same prompt's count from its other row
+    assert got["input_tokens"].iloc[2] == got["input_tokens"].iloc[3] > 0  # "bye" counted from its text
+    assert any("input_tokens: 3 blank cells filled" in n for n in rd.notes)
+    # no prompt text and no other row of that prompt: an error naming the column and the rows, validate fails too
+    t.assign(prompt=["hello there", "hello there", "", ""]).to_csv(path, index=False)
+    with pytest.raises(DataValidationError, match=r"'input_tokens': blank cells .* rows 2, 3"):
+        load_data(str(path))
+    assert main(["data", "validate", str(path)]) != 0
+    assert "input_tokens" in capsys.readouterr().err

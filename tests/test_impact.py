@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from bandit_sim.cli import main
-from bandit_sim.experiments.impact import parse_mix, project_monthly, read_prices
+from bandit_sim.data.catalog import clear_user_prices, user_prices
+from bandit_sim.data.loaders import load_data
+from bandit_sim.experiments.impact import parse_mix, project_monthly, read_prices, run_impact
 
 COSTS = {"m-cheap": 0.001, "m-mid": 0.004, "m-premium": 0.02}  # USD per call, whatever the query
 
@@ -88,7 +90,15 @@ def test_read_prices(tmp_path):
         read_prices(tmp_path / "absent.toml")
 
 
-def test_impact_takes_prices_before_or_after_the_command(tmp_path, monkeypatch):
+@pytest.fixture
+def no_user_prices():
+    """`--prices` registers prices for the process: forget them before and after the test."""
+    clear_user_prices()
+    yield
+    clear_user_prices()
+
+
+def test_impact_takes_prices_before_or_after_the_command(tmp_path, monkeypatch, no_user_prices):
     from bandit_sim import cli
     prices = tmp_path / "p.toml"
     prices.write_text('[[backends]]\nname = "m"\ninput_per_m = 1\noutput_per_m = 2\n')
@@ -98,6 +108,40 @@ def test_impact_takes_prices_before_or_after_the_command(tmp_path, monkeypatch):
     for argv in (base + ["--prices", str(prices)], ["--prices", str(prices)] + base, base):
         assert cli.main(argv) == 0
     assert seen == [str(prices), str(prices), None]
+
+
+def test_impact_prices_file_prices_the_users_models_too(tmp_path, monkeypatch, no_user_prices):
+    # a table of models the catalog does not know, without cost_usd: --prices must price them for impact as for
+    # every other command (it used to fail with "no price is known ... give --prices" although --prices was given)
+    from bandit_sim import cli
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"prompt_id": ["a", "a", "b", "b"], "model": ["my-small", "my-large"] * 2,
+                  "quality": [0.5, 1.0, 0.0, 1.0], "output_tokens": [10, 20, 30, 40],
+                  "input_tokens": [5, 5, 7, 7]}).to_csv(table, index=False)
+    prices = tmp_path / "p.csv"
+    prices.write_text("name,input_per_m,output_per_m\nmy-small,0.1,0.2\nmy-large,3,6\n")
+    costs = []
+    monkeypatch.setattr(cli, "run_impact", lambda data, out, **kw: costs.append(load_data(data).table["cost_usd"])
+                        or {"routers": {}})
+    base = ["impact", "--data", str(table), "--queries-per-day", "100", "--out", str(tmp_path / "o")]
+    assert cli.main(base + ["--prices", str(prices)]) == 0
+    assert costs[0].tolist() == pytest.approx([5 * 0.1e-6 + 10 * 0.2e-6, 5 * 3e-6 + 20 * 6e-6,
+                                               7 * 0.1e-6 + 30 * 0.2e-6, 7 * 3e-6 + 40 * 6e-6])
+    # the short form (model,input,output) is impact's own: not registered, read by run_impact as before
+    clear_user_prices()
+    short = tmp_path / "short.csv"
+    short.write_text("model,input,output\nmy-small,0.1,0.2\n")
+    seen = []
+    monkeypatch.setattr(cli, "run_impact", lambda data, out, **kw: seen.append(kw["prices"]) or {"routers": {}})
+    assert cli.main(base + ["--prices", str(short)]) == 0
+    assert seen == [str(short)] and user_prices() == {}
+
+
+def test_run_impact_checks_routers_before_preparing(tmp_path):
+    # an unknown router is named at once, not after loading the data and fitting (no such dataset here either)
+    with pytest.raises(ValueError, match=r"unknown routers \['bogus'\]"):
+        run_impact("no-such-dataset", tmp_path / "o", queries_per_day=10, routers=["cheapest", "bogus"])
+    assert not (tmp_path / "o").exists()
 
 
 def _constant_cost_table(n_prompts: int = 150, seed: int = 0) -> pd.DataFrame:
@@ -134,6 +178,19 @@ def test_impact_command_on_a_world_with_known_costs(tmp_path):
     assert r["cheapest"]["vs_always_premium"]["savings_fraction"]["estimate"] == pytest.approx(1 - 0.001 / 0.02,
                                                                                              rel=1e-5)
     assert r["random"]["vs_always_premium"]["break_even_compute_usd_per_hour"]["estimate"] > 0
+
+
+def test_impact_with_a_registered_prices_file_says_so(tmp_path, no_user_prices):
+    path = tmp_path / "world.csv"
+    _constant_cost_table().to_csv(path, index=False)
+    prices = tmp_path / "p.toml"
+    prices.write_text("".join(f'[[backends]]\nname = "{m}"\ninput_per_m = 1\noutput_per_m = {1000 * c}\n'
+                              for m, c in COSTS.items()))
+    out = tmp_path / "impact"
+    assert main(["impact", "--data", str(path), "--queries-per-day", "1000", "--out", str(out), "--tokens", "standin",
+                 "--latency-ms", "0.5", "--quick", "--routers", "always_premium,cheapest", "--prices", str(prices)]) == 0
+    notes = json.loads((out / "metrics.json").read_text())["notes"]
+    assert any(f"routers chose with the registered user prices" in n and str(prices) in n for n in notes)
 
 
 def test_families_command_quick(tmp_path):

@@ -76,6 +76,15 @@ def test_bad_prices_file_names_the_entry(tmp_path):
     assert main(["data", "describe", "--data", "routerbench", "--prices", str(path)]) == 2
 
 
+def test_non_utf8_prices_file_is_named(tmp_path, capsys):
+    path = tmp_path / "p.csv"
+    path.write_bytes("name,input_per_m,output_per_m\nmodèle,1,2\n".encode("latin-1"))
+    with pytest.raises(PricesFileError, match=r"p\.csv: not UTF-8 text"):
+        load_prices(path)
+    assert main(["data", "describe", "--data", "routerbench", "--prices", str(path)]) == 2
+    assert f"{path}: not UTF-8 text" in capsys.readouterr().err
+
+
 def test_validate_passes_unpriced_models_with_a_warning(tmp_path, capsys):
     path = tmp_path / "four.csv"
     path.write_text(FOUR)

@@ -249,6 +249,32 @@ def test_constructor_errors(rd):
                cost_scale=1.0).route("hi")
 
 
+def test_router_arguments_are_checked_naming_them(rd):
+    tok = StandInTokens.from_table(rd.table)
+    for kw, name in [(dict(lam=float("nan")), "lam"), (dict(lam=-0.1), "lam"), (dict(gam=float("inf")), "gam"),
+                     (dict(gam="0.2"), "gam"), (dict(explore_decay=5.0), "explore_decay"),
+                     (dict(min_explore=-1.0), "min_explore"), (dict(min_explore=1.5), "min_explore"),
+                     (dict(family_strength=float("nan")), "family_strength"),
+                     (dict(family_strength=-1.0), "family_strength"), (dict(capacity=2.7), "capacity")]:
+        with pytest.raises(RouterInputError, match=f"Router: {name} must"):
+            Router(tok, ["claude-v2"], cost_scale=1.0, **kw)
+    with pytest.raises(RouterInputError, match=r"models \['nope-model'\] have no rows"):
+        Router.from_data(rd, models=["claude-v2", "nope-model"])
+    with pytest.raises(RouterInputError, match="split must be one of .* got 'tset'"):
+        Router.from_data(rd, split="tset")
+    r = Router.from_data(rd, seed=0)
+    snap = _snapshot(r)
+    with pytest.raises(RouterInputError, match="route_batch: queries must be a list .* got one str"):
+        r.route_batch("abc")  # not three one-letter queries
+    _same(snap, _snapshot(r))
+    # bad prices or family are refused before anything changes: the token model does not learn the model either
+    for args in [("new-x", "Lab", (-1.0, 2.0)), ("new-x", "Lab", "cheap"), ("new-x", 3, (1e-7, 1e-7))]:
+        with pytest.raises(RouterInputError, match="new-x"):
+            r.add_model(*args)
+        assert "new-x" not in r.tokens.stats and "new-x" not in r.models
+    _same(snap, _snapshot(r))
+
+
 @pytest.mark.slow
 def test_hierarchical_tokens_router(rd):
     """Routing with the fitted token posterior: forecasts per (query, model), a new model from its family prior."""

@@ -190,3 +190,58 @@ def test_unknown_versions_refused(rd, tmp_path):
     write_state(tmp_path / "other.npz", arrays, dict(meta, format="something-else"))
     with pytest.raises(RouterStateError, match="format 'something-else'"):
         Router.load(tmp_path / "other.npz")
+
+
+def test_a_path_without_npz_is_read_where_it_was_written(tmp_path):
+    stats = {"gpt-4o-2024-05-13": [300, 100, 100, 500], "claude-3-haiku-20240307": [200, 80, 80, 400]}
+    r = Router(StandInTokens(stats, {m: m.split("-")[0] for m in stats}), list(stats), cost_scale=0.01)
+    r.observe(r.route("hello"), 1.0, 5)
+    written = r.save(tmp_path / "x")
+    assert written == tmp_path / "x.npz"
+    r2 = Router.load(tmp_path / "x")  # the same name as given to save
+    assert r2.posterior() == r.posterior() and r2.step == r.step
+    assert Router.load(str(tmp_path / "x")).step == r.step
+    (tmp_path / "y.bin").write_bytes(b"not read")
+    with pytest.raises(RouterStateError, match=r"y\.bin\.npz: no such router state file.*end in \.npz"):
+        Router.load(tmp_path / "y.bin")
+
+
+def test_bad_metadata_fields_and_npy_files_are_named(tmp_path):
+    stats = {"gpt-4o-2024-05-13": [300, 100, 100, 500], "claude-3-haiku-20240307": [200, 80, 80, 400]}
+    r = Router(StandInTokens(stats, {m: m.split("-")[0] for m in stats}), list(stats), cost_scale=0.01)
+    r.route(Query("hello", input_tokens=3, query_id="q1"))
+    arrays, meta = read_state(r.save(tmp_path / "ok.npz"))
+    meta.pop("sha256")
+    cases = [("capacity", "abc"), ("capacity", 0), ("chunk", 0), ("step", "x"), ("step", -1), ("cost_scale", -5),
+             ("cost_scale", "1"), ("family_strength", None), ("policy", "ucb1"), ("slots", None),
+             ("pending", [1]), ("pending", {"d0": {"slot": 0}}), ("options", "x"), ("model_family", {}),
+             ("family_names", [1])]
+    for key, value in cases:
+        path = write_state(tmp_path / f"m_{key}.npz", arrays, dict(meta, **{key: value}))
+        with pytest.raises(RouterStateError, match=rf"m_{key}\.npz: metadata field '{key}' must be"):
+            Router.load(path)
+    slot = next(iter(meta["pending"].values()))["slot"]
+    moved = {k: dict(v, slot=slot + 1) for k, v in meta["pending"].items()}  # a pending decision on another slot
+    with pytest.raises(RouterStateError, match="'pending': decision 'd0' names slot"):
+        Router.load(write_state(tmp_path / "moved.npz", arrays, dict(meta, pending=moved)))
+    with pytest.raises(RouterStateError, match="version True"):
+        Router.load(write_state(tmp_path / "v.npz", arrays, dict(meta, version=True)))
+    np.save(tmp_path / "a.npy", np.arange(3))
+    (tmp_path / "a.npy").rename(tmp_path / "a.npz")  # an .npy file under an .npz name
+    with pytest.raises(RouterStateError, match=r"a\.npz: not a router state file: it holds a single array"):
+        Router.load(tmp_path / "a.npz")
+    assert Router.load(tmp_path / "ok.npz").pending == r.pending  # the untouched file still loads
+
+
+def test_metadata_that_is_not_json_is_refused_naming_its_key(tmp_path):
+    from hierarchical.storage import read_checked_npz, write_checked_npz
+    with pytest.raises(TypeError, match=r"metadata key 'a\.b\[1\]' cannot be saved as JSON"):
+        write_checked_npz(tmp_path / "m.npz", {"x": np.zeros(2)}, {"a": {"b": [1, object()]}})
+    assert not (tmp_path / "m.npz").exists()  # nothing written
+    path = write_checked_npz(tmp_path / "ok.npz", {"x": np.zeros(2)},
+                             {"flag": np.bool_(True), "n": np.int64(3), "v": np.arange(2)})
+    assert read_checked_npz(path)[1] | {"sha256": None} == {"flag": True, "n": 3, "v": [0, 1], "sha256": None}
+    stats = {"gpt-4o-2024-05-13": [300, 100, 100, 500], "claude-3-haiku-20240307": [200, 80, 80, 400]}
+    r = Router(StandInTokens(stats, {m: m.split("-")[0] for m in stats}), list(stats), cost_scale=0.01)
+    with pytest.raises(TypeError, match="metadata key 'extra.when'"):
+        r.save(tmp_path / "r.npz", extra={"when": object()})  # it used to be saved as "<object object at 0x...>"

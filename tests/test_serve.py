@@ -23,6 +23,7 @@ import pytest
 from bandit_sim.cli import main
 from bandit_sim.serve.config import ConfigError, load_config
 from bandit_sim.serve.service import RouterService
+from bandit_sim.serve.wal import DecisionLog, DecisionLogError, read_log
 from serve_helpers import base_env, start_backend, start_server, write_config
 
 UPSTREAM_KEY = "sk-upstream-SECRET-7f3a9c"
@@ -407,3 +408,94 @@ def test_spend_target_moves_lambda(tmp_path):
     assert s.lam > lam0 * 1.5
     s.close()
     assert RouterService(load_config(cfg_path)).lam == pytest.approx(s.lam)  # saved with the state
+
+
+def test_restart_with_a_backend_without_api_key_env(tmp_path):
+    # api_key_env is optional; the state file and the log's admin "add" record it as null, which a restart must read
+    a = _backend("a", "http://127.0.0.1:9/v1")
+    del a["api_key_env"]
+    cfg = load_config(write_config(tmp_path / "r.toml", [a, _backend("b", "http://127.0.0.1:9/v1")],
+                                   server=dict(state="s.npz", decision_log="log.jsonl", save_every=1000)))
+    s = RouterService(cfg)
+    added = s.add_backend(dict(name="c", base_url="http://127.0.0.1:9/v1", input_per_m=0.1, output_per_m=0.2))
+    assert added["added"]["api_key_env"] is None
+    s.close()
+    s2 = RouterService(cfg)  # state file: a and c without a key variable
+    assert s2.backends["a"].api_key_env is None and s2.backends["c"].api_key_env is None
+    s2.close()
+    (tmp_path / "s.npz").unlink()  # from the log alone: the admin "add" event is replayed
+    s3 = RouterService(cfg)
+    assert "c" in s3.router.models and s3.backends["c"].api_key_env is None
+    s3.close()
+
+
+def test_state_path_without_npz_is_restored_on_restart(tmp_path):
+    cfg_path = write_config(tmp_path / "r.toml", [_backend("a", "http://127.0.0.1:9/v1"),
+                                                  _backend("b", "http://127.0.0.1:9/v1")],
+                            server=dict(state="router_state", decision_log="log.jsonl", save_every=1000))
+    cfg = load_config(cfg_path)
+    assert cfg.state == tmp_path / "router_state.npz"
+    s = RouterService(cfg)
+    s.feedback(s.route("q", 5).decision_id, 1.0, output_tokens=3)
+    s.close()
+    (tmp_path / "log.jsonl").unlink()  # only the state file can bring the feedback back
+    s2 = RouterService(load_config(cfg_path))
+    assert s2.router.summary()["observed"] == 1 and s2.router.step == 1
+    s2.close()
+
+
+def test_decision_log_skips_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    log = DecisionLog(path)
+    for i in range(4):
+        log.append(dict(type="feedback", id=f"d{i}"), sync=True)
+    log.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines) + b'{"seq":5,"ty')  # torn last line: skipped and cut
+    assert [e["seq"] for e in read_log(path)] == [1, 2, 3, 4]
+    log = DecisionLog(path)
+    assert log.append(dict(type="feedback", id="d4")) == 5
+    log.close()
+    assert [e["seq"] for e in read_log(path)] == [1, 2, 3, 4, 5]
+    # a damaged line in the middle: an error naming the file and the line, not a silent end of the log
+    lines = path.read_bytes().splitlines(keepends=True)
+    for bad in (b'{"seq":2,"type":"feedb\n', b"[1, 2]\n", b"\xff\xfe\n"):
+        path.write_bytes(b"".join(lines[:1] + [bad] + lines[2:]))
+        with pytest.raises(DecisionLogError, match=rf"{path.name}: line 2 is damaged"):
+            list(read_log(path))
+        with pytest.raises(DecisionLogError, match="line 2"):
+            DecisionLog(path)  # the server does not start (and reuses no seq)
+    assert path.read_bytes().endswith(lines[-1])  # nothing cut
+
+
+def test_service_with_a_damaged_log_line_does_not_start_and_names_it(tmp_path):
+    cfg_path = write_config(tmp_path / "r.toml", [_backend("a", "http://127.0.0.1:9/v1")],
+                            server=dict(state="s.npz", decision_log="log.jsonl"))
+    (tmp_path / "log.jsonl").write_text('{"seq":1,"type":"failed","id":"d0"}\nnot json\n'
+                                        '{"seq":3,"type":"failed","id":"d1"}\n')
+    with pytest.raises(DecisionLogError, match="log.jsonl: line 2"):
+        RouterService(load_config(cfg_path))
+
+
+def test_policy_changes_on_restart_are_applied_or_named(tmp_path, caplog):
+    backends = [_backend("a", "http://127.0.0.1:9/v1"), _backend("b", "http://127.0.0.1:9/v1")]
+    server = dict(state="s.npz", decision_log="log.jsonl")
+    path = write_config(tmp_path / "r.toml", backends, server=server, policy="lam = 0.3\ngam = 0.25")
+    s = RouterService(load_config(path))
+    s.close()
+    write_config(path, backends, server=server,
+                 policy='lam = 0.6\ngam = 0.1\ncost_scale = 0.5\nname = "epsilon_greedy"')
+    with caplog.at_level("WARNING", logger="bandit_sim.serve"):
+        s2 = RouterService(load_config(path))
+    text = caplog.text
+    for words in ("lam = 0.6 differs from the restored state's 0.3: using the config's 0.6",
+                  "gam = 0.1 differs", "cost_scale = 0.5 differs",
+                  "name = 'epsilon_greedy' differs from the restored state's 'thompson': using the state's"):
+        assert words in text, (words, text)
+    assert s2.lam == pytest.approx(0.6) and float(s2.router.hyper.gam) == pytest.approx(0.1)
+    assert s2.router.cost_scale == 0.5 and s2.router.policy == "thompson"
+    s2.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bandit_sim.serve"):
+        RouterService(load_config(path)).close()  # saved with the new values: nothing to say now ...
+    assert "lam" not in caplog.text and "name = 'epsilon_greedy'" in caplog.text  # ... but the fixed policy name

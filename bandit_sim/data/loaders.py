@@ -103,6 +103,8 @@ def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str], requir
         uniq = df.drop_duplicates("prompt_id")
         df["input_tokens"] = df["prompt_id"].map(dict(zip(uniq["prompt_id"], count_tokens(uniq["prompt"].tolist()))))
         notes.append("input_tokens: counted from prompt text with cl100k")
+    elif df["input_tokens"].isna().any():
+        _fill_input_tokens(df, source, notes)
     if "cost_usd" not in df.columns or df["cost_usd"].isna().any():
         need = df["model"] if "cost_usd" not in df.columns else df.loc[df["cost_usd"].isna(), "model"]
         unpriced = missing_prices(need.unique())
@@ -135,6 +137,30 @@ def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str], requir
         df["split"] = hash_split(df["prompt_id"], {"train": 0.6, "val": 0.2, "test": 0.2})
         notes.append("split: 60/20/20 train/val/test by a hash of prompt_id")
     return df
+
+
+def _fill_input_tokens(df: pd.DataFrame, source: str, notes: list[str]) -> None:
+    """Blank input_tokens cells: the count another row of the same prompt gives, else the prompt text counted with
+    cl100k; DataValidationError naming the rows when neither exists (a NaN count would make cost_usd NaN)."""
+    blank = df["input_tokens"].isna()
+    known = df.loc[~blank].groupby("prompt_id")["input_tokens"].max()
+    fill = df.loc[blank, "prompt_id"].map(known)
+    text = df.loc[blank, "prompt"].astype(str)
+    need = fill.isna() & (text.str.strip() != "")
+    if need.any():
+        uniq = text[need].drop_duplicates()
+        counts = dict(zip(uniq.tolist(), count_tokens(uniq.tolist())))
+        fill[need] = text[need].map(counts)
+    left = list(fill.index[fill.isna()])
+    if left:
+        rows = ", ".join(map(str, left[:5])) + (f" (and {len(left) - 5} more)" if len(left) > 5 else "")
+        raise DataValidationError(f"{source}: column 'input_tokens': blank cells with no prompt text to count them "
+                                  f"from and no other row of the same prompt_id giving the count, at rows {rows}: "
+                                  f"fill them in, or add the prompt text")
+    df["input_tokens"] = df["input_tokens"].astype("Float64").fillna(fill.astype("float64")).astype("int64")
+    n_text = int(need.sum())
+    notes.append(f"input_tokens: {int(blank.sum())} blank cells filled ({int(blank.sum()) - n_text} from another row "
+                 f"of the same prompt, {n_text} counted from the prompt text with cl100k)")
 
 
 def load_data(name_or_path: str | os.PathLike, *, seed: int = 0, require_costs: bool = True,

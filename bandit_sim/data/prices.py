@@ -85,7 +85,10 @@ def load_prices(path) -> tuple[dict[str, Price], dict[str, str]]:
     if not path.is_file():
         raise PricesFileError(f"{path}: no such prices file")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PricesFileError(f"{path}: not UTF-8 text ({exc}); save the prices file as UTF-8") from None
     try:
         if suffix == ".toml":
             doc = tomllib.loads(text)

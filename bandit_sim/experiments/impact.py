@@ -30,6 +30,7 @@ subtracts the overhead.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from bandit_sim.data.catalog import user_prices as registered_prices
 from bandit_sim.data.features import prompt_features
 from bandit_sim.data.loaders import load_data
 from bandit_sim.data.prices import PricesFileError, load_prices
@@ -85,7 +87,13 @@ def parse_mix(text: str | None) -> dict[str, float] | None:
         name, _, v = part.rpartition("=")
         if not name:
             raise ValueError(f"--mix: expected CATEGORY=SHARE, got {part!r}")
-        out[name.strip()] = float(v)
+        try:
+            share = float(v)
+        except ValueError:
+            raise ValueError(f"--mix: the share of {name.strip()!r} must be a number, got {v!r}") from None
+        if not math.isfinite(share):
+            raise ValueError(f"--mix: the share of {name.strip()!r} must be finite, got {v!r}")
+        out[name.strip()] = share
     if any(v < 0 for v in out.values()) or sum(out.values()) <= 0:
         raise ValueError("--mix: shares must be >= 0 with a positive sum")
     return out
@@ -363,6 +371,9 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     Returns:
       The metrics dict written to DIR/metrics.json.
     """
+    unknown = set(routers) - set(ROUTERS)
+    if unknown:  # before the minutes of preparation below
+        raise ValueError(f"unknown routers {sorted(unknown)}; known: {list(ROUTERS)}")
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -384,9 +395,6 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     t_sel = time.perf_counter()
     gam, val_eps = 0.25, (4 if quick else 16)
     chosen, outcomes, lam_t = {}, {}, None
-    unknown = set(routers) - set(ROUTERS)
-    if unknown:
-        raise ValueError(f"unknown routers {sorted(unknown)}; known: {list(ROUTERS)}")
     order = sorted(routers, key=lambda k2: not ROUTERS[k2][2])  # tuned routers first: best_single uses their lambda
     for key in order:
         pol, opt, tuned = ROUTERS[key]
@@ -430,6 +438,9 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     premium = it.models[int(np.argmax(np.asarray(wt.pred_cost).mean(0)))]
     best_model = (max(it.models, key=lambda m: proj["routers"]["best_single"]["utilization"][m])
                   if "best_single" in proj["routers"] else None)
+    # `bandit-sim --prices FILE` registers a file in the common format for the process (`use_prices_file`)
+    chose_with = ("the registered user prices (catalog prices for models they do not list)" if registered_prices()
+                  else "catalog prices")
     result = {
         "command": cmd, "data": rd.name, "seed": seed, "episodes": episodes, "test_queries": n_test,
         "models": list(it.models), "premium_model": premium, "best_single_model": best_model,
@@ -444,7 +455,7 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
         "measured: median of live Router.route calls (stand-in tokens) after warm-up, this machine",
         "seconds": {"prepare": t_prep - t_start, "token_draws": t_draws, "routers": t_routers, "latency": t_lat,
                     "total": time.perf_counter() - t_start, "token_fit": setup.token_fit.get("fit_seconds")},
-        "notes": list(setup.notes) + ([f"routers chose with catalog prices; costs repriced with {prices}"]
+        "notes": list(setup.notes) + ([f"routers chose with {chose_with}; costs repriced with {prices}"]
                                       if prices else []),
         **proj,
     }
@@ -465,9 +476,11 @@ def _plot(path: Path, r: dict) -> None:
     for i, k in enumerate(names):
         v = r["routers"][k]
         c, q = v["monthly_cost_usd"], v["quality"]
-        ax.errorbar(c["estimate"], q["estimate"], xerr=[[c["estimate"] - c["ci95"][0]], [c["ci95"][1] - c["estimate"]]],
-                    yerr=[[q["estimate"] - q["ci95"][0]], [q["ci95"][1] - q["estimate"]]], fmt="o", capsize=2,
-                    label=k, color=f"C{i}")
+        # max(0, .): a constant cost's interval equals its estimate up to rounding (matplotlib refuses < 0)
+        ax.errorbar(c["estimate"], q["estimate"], xerr=[[max(0.0, c["estimate"] - c["ci95"][0])],
+                                                        [max(0.0, c["ci95"][1] - c["estimate"])]],
+                    yerr=[[max(0.0, q["estimate"] - q["ci95"][0])], [max(0.0, q["ci95"][1] - q["estimate"])]],
+                    fmt="o", capsize=2, label=k, color=f"C{i}")
     ax.set_xscale("log")
     ax.set_xlabel(f"monthly cost, USD ({r['queries_per_day']:,.0f} queries/day; 95% interval)")
     ax.set_ylabel("mean quality per query")

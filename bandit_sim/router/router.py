@@ -46,6 +46,7 @@ import numpy as np
 from bandit_sim.data.catalog import family_of, price_of
 from bandit_sim.data.text_features import BiasOnly, check_feature_rows, featurizer_for_table, featurizer_from_arrays
 from bandit_sim.data.features import prompt_features
+from bandit_sim.data.schema import SPLITS
 from bandit_sim.data.tokens import count_tokens
 from bandit_sim.router import state as state_file
 from bandit_sim.router.tokens import StandInTokens, tokens_from_state
@@ -211,13 +212,18 @@ class Router:
         models = list(models)
         if len(set(models)) != len(models):
             raise ValueError(f"Router: duplicate model names in {models}")
+        if capacity is not None and _number(capacity, "Router: capacity") != int(capacity):
+            raise RouterInputError(f"Router: capacity must be an integer number of model slots, got {capacity!r}")
         cap = max(DEFAULT_CAPACITY, len(models)) if capacity is None else int(capacity)
         if cap < max(len(models), 1):
             raise ValueError(f"Router: capacity {cap} < {len(models)} models")
-        if not (cost_scale > 0 and math.isfinite(cost_scale)):
+        if _number(cost_scale, "Router: cost_scale") <= 0:
             raise ValueError(f"Router: cost_scale must be a positive number of USD, got {cost_scale!r}")
         if int(chunk) < 1:
             raise ValueError(f"Router: chunk must be >= 1, got {chunk}")
+        lam, gam = _arg(lam, "lam"), _arg(gam, "gam")
+        explore_decay, min_explore = _arg(explore_decay, "explore_decay", 1.0), _arg(min_explore, "min_explore", 1.0)
+        family_strength = _arg(family_strength, "family_strength")
         self.tokens = tokens
         self.policy = policy
         self.options = tuple(sorted(dict(options or {}).items()))
@@ -290,8 +296,18 @@ class Router:
         Returns:
           Router.
         """
+        if split is not None and split not in SPLITS:
+            raise RouterInputError(f"Router.from_data: split must be one of {SPLITS} or None (the whole table), "
+                                   f"got {split!r}")
         t = rd.table if split is None else rd.table[rd.table["split"] == split]
+        if isinstance(models, str):
+            raise RouterInputError(f"Router.from_data: models must be a list of model names, got the str {models!r}")
         models = sorted(t["model"].unique()) if models is None else list(models)
+        known = set(rd.table["model"])
+        absent = [m for m in models if m not in known]
+        if absent:
+            raise RouterInputError(f"Router.from_data: models {absent} have no rows in {rd.name!r}; its models: "
+                                   f"{sorted(known)}")
         tokens = StandInTokens.from_table(rd.table) if tokens is None else tokens
         fam = rd.table.groupby("model")["family"].first()
         families = {m: str(fam[m]) for m in models if m in fam.index}
@@ -312,10 +328,7 @@ class Router:
         if not free:
             raise RouterInputError(f"no free slot: capacity {self.capacity} reached; remove a model or build the "
                                    f"router with a larger capacity")
-        p = np.asarray(price, np.float64).reshape(-1)
-        if p.shape != (2,) or not np.all(np.isfinite(p)) or np.any(p < 0):
-            raise RouterInputError(f"prices of {name!r} must be (usd_per_input_token, usd_per_output_token) >= 0, "
-                                   f"got {price!r}")
+        p = _check_prices(name, price)
         if not self.linear:
             a, b = (float(x) for x in prior)
             if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
@@ -381,6 +394,9 @@ class Router:
     # ------------------------------------------------------------ routing
 
     def _queries(self, queries) -> list[Query]:
+        if isinstance(queries, (str, bytes, Query)):
+            raise RouterInputError(f"route_batch: queries must be a list of str or Query, got one "
+                                   f"{type(queries).__name__} (route(query) routes a single query)")
         out = []
         for j, q in enumerate(queries):
             if isinstance(q, str):
@@ -588,8 +604,11 @@ class Router:
             raise RouterInputError(f"add_model: model {name!r} is already routed to")
         if None not in self.slots:
             raise RouterInputError(f"add_model: capacity {self.capacity} reached; remove a model first")
+        if family is not None and (not isinstance(family, str) or not family.strip()):
+            raise RouterInputError(f"add_model: family of {name!r} must be a non-empty str, got {family!r}")
         family = family or family_of(name)
         prices = price_of(name) if prices is None else prices
+        _check_prices(name, prices)  # before anything changes (the token model below)
         prior = self.linear_family_prior(family) if self.linear else self.family_prior(family)
         self.tokens.add_model(name, family)
         self._place(name, family, prices, prior)
@@ -695,6 +714,27 @@ def _number(x, name: str) -> float:
     v = float(x)
     if not math.isfinite(v):
         raise RouterInputError(f"{name} must be finite, got {x!r}")
+    return v
+
+
+def _check_prices(name: str, price) -> np.ndarray:
+    """(USD per input token, USD per output token), finite and >= 0, as a float64 (2,) array."""
+    try:
+        p = np.asarray(price, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        p = np.zeros(0)
+    if p.shape != (2,) or not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise RouterInputError(f"prices of {name!r} must be (usd_per_input_token, usd_per_output_token) >= 0, "
+                               f"got {price!r}")
+    return p
+
+
+def _arg(x, name: str, hi: float | None = None) -> float:
+    """A finite Router argument >= 0 (and <= hi when given); RouterInputError naming it otherwise."""
+    v = _number(x, f"Router: {name}")
+    if v < 0 or (hi is not None and v > hi):
+        raise RouterInputError(f"Router: {name} must be " + (f"in [0, {hi:g}]" if hi is not None else ">= 0")
+                               + f", got {x!r}")
     return v
 
 
@@ -804,7 +844,55 @@ def _router_to_state(r) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
+def _check_meta(meta: dict[str, Any], path) -> None:
+    """The state file's JSON fields `_restore` reads, checked: RouterStateError naming the file and the field."""
+    def bad(key, want):
+        return state_file.RouterStateError(f"{path}: metadata field {key!r} must be {want}, got {meta.get(key)!r}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key in ("capacity", "chunk"):
+        if not (is_int(meta[key]) and meta[key] >= 1):
+            raise bad(key, "an integer >= 1")
+    if not (is_int(meta["step"]) and meta["step"] >= 0):
+        raise bad("step", "an integer >= 0")
+    if not (is_num(meta["cost_scale"]) and meta["cost_scale"] > 0):
+        raise bad("cost_scale", "a finite number > 0 (USD)")
+    if not (is_num(meta["family_strength"]) and meta["family_strength"] >= 0):
+        raise bad("family_strength", "a finite number >= 0")
+    names = [policy_name(p) for p in ROUTER_POLICIES]
+    if meta["policy"] not in names:
+        raise bad("policy", f"one of {names}")
+    if not (isinstance(meta["options"], list) and all(isinstance(o, list) and len(o) == 2 and isinstance(o[0], str)
+                                                      for o in meta["options"])):
+        raise bad("options", "a list of [name, value] pairs")
+    if not (isinstance(meta["slots"], list) and all(m is None or (isinstance(m, str) and m) for m in meta["slots"])):
+        raise bad("slots", "a list of model names (null for a free slot)")
+    if not (isinstance(meta["model_family"], dict) and all(isinstance(f, str) for f in meta["model_family"].values())
+            and all(m in meta["model_family"] for m in meta["slots"] if m is not None)):
+        raise bad("model_family", "an object giving every routed model's family")
+    if not (isinstance(meta["family_names"], list) and all(isinstance(f, str) for f in meta["family_names"])):
+        raise bad("family_names", "a list of family names")
+    pend = meta["pending"]
+    fields = {"slot": is_int, "model": lambda v: isinstance(v, str), "step": is_int,
+              "query_id": lambda v: not isinstance(v, (dict, list)), "input_tokens": is_int}
+    if not (isinstance(pend, dict) and all(isinstance(p, dict) and all(f in p and ok(p[f]) for f, ok in fields.items())
+                                           for p in pend.values())):
+        raise bad("pending", "an object of decision id -> {slot, model, step, query_id, input_tokens}")
+    cap, slots = meta["capacity"], meta["slots"]
+    for did, p in pend.items():
+        if not (0 <= p["slot"] < len(slots) and slots[p["slot"]] == p["model"]):
+            raise state_file.RouterStateError(f"{path}: metadata field 'pending': decision {did!r} names slot "
+                                              f"{p['slot']} / model {p['model']!r}, which the slots (capacity {cap}) "
+                                              f"do not hold")
+
+
 def _restore(arrays: dict[str, np.ndarray], meta: dict[str, Any], tokens, path):
+    _check_meta(meta, path)
     cap = int(meta["capacity"])
     linear = meta["policy"] == "linear_thompson"
     post = ["state/mean", "state/cov", "featurizer/kind", "linear/global/mean", "linear/global/cov",

@@ -132,7 +132,7 @@ def read_and_migrate(path, *, tokens=None) -> tuple[dict[str, np.ndarray], dict[
     """
     arrays, meta = read_state(path)
     v = meta.get("version")
-    if not isinstance(v, int) or v < 0:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         raise RouterStateError(f"{path}: version {v!r} is not a format version this code knows (0..{VERSION})")
     if v > VERSION:
         raise RouterStateError(f"{path}: written by a newer bandit-sim (router format v{v}); this one reads "

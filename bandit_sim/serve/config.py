@@ -18,6 +18,7 @@ from typing import Any
 
 from bandit_sim.data.catalog import family_of
 from bandit_sim.data.prices import PricesFileError, parse_price_entries
+from hierarchical.storage import npz_path
 
 __all__ = ["Backend", "ConfigError", "PolicyConfig", "ServeConfig", "load_config", "parse_backend",
            "DEFAULT_TOKENS_MEAN", "DEFAULT_TOKENS_SD"]
@@ -82,7 +83,7 @@ class ServeConfig:
     backends: tuple[Backend, ...]
     policy: PolicyConfig
     presets: dict[str, tuple[float, float]]  # name -> (lam, gam), for model "router:<name>"
-    state: Path
+    state: Path  # ends in .npz (appended when the config's does not, as Router.save does)
     decision_log: Path
     host: str = "127.0.0.1"
     port: int = 8000
@@ -156,7 +157,9 @@ def parse_backend(d: Any, where: str) -> Backend:
     p = prices[name]
     mean = _num(d, "tokens_mean", where, DEFAULT_TOKENS_MEAN)
     sd = _num(d, "tokens_sd", where, DEFAULT_TOKENS_SD)
-    return Backend(name=name, base_url=base_url.rstrip("/"), api_key_env=_str(d, "api_key_env", where),
+    # optional: absent, or null in the JSON the server saves (state file, admin log lines) of a backend without one
+    key_env = None if d.get("api_key_env") is None else _str(d, "api_key_env", where)
+    return Backend(name=name, base_url=base_url.rstrip("/"), api_key_env=key_env,
                    family=_str(d, "family", where) or family_of(name), input_per_m=p.input_per_m,
                    output_per_m=p.output_per_m, model=_str(d, "model", where) or name, tokens_mean=mean, tokens_sd=sd)
 
@@ -248,7 +251,7 @@ def load_config(path, *, overrides: dict | None = None) -> ServeConfig:
             raise ConfigError(f"{where}: {k!r} must be true or false, got {v!r}")
     return ServeConfig(
         backends=backends, policy=policy, presets=presets,
-        state=_path("state", "router_state.npz"), decision_log=_path("decision_log", "decisions.jsonl"),
+        state=npz_path(_path("state", "router_state.npz")), decision_log=_path("decision_log", "decisions.jsonl"),
         host=_str(srv, "host", where, "127.0.0.1"), port=port,
         save_every=_num(srv, "save_every", where, 100, lo=1, integer=True), log_prompts=flags["log_prompts"],
         max_body_bytes=_num(srv, "max_body_bytes", where, 1_000_000, lo=1, integer=True),

@@ -121,6 +121,7 @@ class RouterService:
             self.removed = set(extra.get("removed", []))
             if self.spend is not None and extra.get("spend_ewma") is not None:
                 self.spend.ewma = float(extra["spend_ewma"])
+            self._follow_policy(r)
             log.info("restored %s: step %d, %d observed, log seq %d", self.cfg.state, r.step, int(r.totals[0]),
                      saved_seq)
         else:
@@ -144,6 +145,39 @@ class RouterService:
             self._remove(m)
         self.save()
         return r
+
+    def _follow_policy(self, r: Router) -> None:
+        """A restored router takes the config's [policy] knobs that can change under a live router (lam, gam,
+        cost_scale, family_strength: weights of the utility and of add_model's prior); name and capacity are fixed
+        for a router's life, so the state's are kept. Every difference is logged as a warning naming the key."""
+        p, src = self.cfg.policy, f"{self.cfg.source} [policy]"
+        f32 = lambda x: float(np.float32(x))  # noqa: E731 -- the router holds lam and gam as float32
+        for key, saved in (("lam", float(r.hyper.lam)), ("gam", float(r.hyper.gam))):
+            want = getattr(p, key)
+            if f32(want) == f32(saved):
+                continue
+            if key == "lam" and self.spend is not None:
+                log.warning("%s: lam = %g, the restored state's is %g: using the state's (spend_target_usd moves lam "
+                            "online; the config's lam is only the first start's)", src, want, saved)
+                continue
+            log.warning("%s: %s = %g differs from the restored state's %g: using the config's %g", src, key, want,
+                        saved, want)
+            r.hyper = r.hyper._replace(**{key: jnp.asarray(want, jnp.float32)})
+        if p.cost_scale is not None and p.cost_scale != r.cost_scale:
+            log.warning("%s: cost_scale = %g differs from the restored state's %g: using the config's %g", src,
+                        p.cost_scale, r.cost_scale, p.cost_scale)
+            r.cost_scale = float(p.cost_scale)
+        if p.family_strength != r.family_strength:
+            log.warning("%s: family_strength = %g differs from the restored state's %g: using the config's %g", src,
+                        p.family_strength, r.family_strength, p.family_strength)
+            r.family_strength = float(p.family_strength)
+        if p.name != r.policy:
+            log.warning("%s: name = %r differs from the restored state's %r: using the state's (a router's policy is "
+                        "fixed for its life; move %s away to start a new router)", src, p.name, r.policy,
+                        self.cfg.state)
+        if max(p.capacity, len(self.cfg.backends)) != r.capacity:
+            log.warning("%s: capacity = %d differs from the restored state's %d: using the state's (fixed for a "
+                        "router's life)", src, p.capacity, r.capacity)
 
     def _replay(self, after: int) -> int:
         r, n = self.router, 0

@@ -20,7 +20,9 @@ Every line is a JSON object with ``seq`` (1, 2, ... over the file's life), ``typ
 
 Recovery: the state file records the ``seq`` of the last line it reflects; on start the server replays every
 line after it, in order (`replay`), so an acknowledged feedback is applied exactly once after a SIGKILL.
-A torn last line (a crash mid-append) is ignored: its event was never acknowledged.
+A torn last line (a crash mid-append: no newline at its end) is ignored and cut: its event was never
+acknowledged. Any other line that is not a JSON event is damage: reading stops with `DecisionLogError` naming the
+file and the line (skipping it would drop every later event, acknowledged feedback included).
 """
 
 from __future__ import annotations
@@ -31,22 +33,38 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["DecisionLog", "read_log"]
+__all__ = ["DecisionLog", "DecisionLogError", "read_log"]
+
+
+class DecisionLogError(ValueError):
+    """A damaged decision log: a line other than a torn last one is not a JSON event (names the file and line)."""
 
 
 def read_log(path) -> Iterator[dict[str, Any]]:
-    """The log's events in order; a torn or unparsable line (only possible as the last one) ends the read."""
+    """The log's events in order; a torn last line (no newline: a crash mid-append) ends the read.
+
+    Raises:
+      DecisionLogError: a complete line that is not a JSON object with an integer ``seq``.
+    """
     path = Path(path)
     if not path.exists():
         return
     with open(path, "rb") as f:
-        for raw in f:
+        for n, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 return  # torn last line: never acknowledged
             try:
-                yield json.loads(raw)
-            except json.JSONDecodeError:
-                return
+                ev = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                ev, why = None, f"not JSON ({exc})"
+            else:
+                why = "not a JSON object with an integer 'seq'"
+            if not (isinstance(ev, dict) and isinstance(ev.get("seq"), int) and not isinstance(ev["seq"], bool)):
+                raise DecisionLogError(
+                    f"{path}: line {n} is damaged: {why}; only a torn last line is skipped, and skipping this one "
+                    f"would drop every later event (acknowledged feedback among them): repair or delete line {n}, "
+                    f"then start again")
+            yield ev
 
 
 class DecisionLog:
@@ -59,7 +77,7 @@ class DecisionLog:
         size = 0
         good = 0
         for ev in read_log(self.path):
-            last = max(last, int(ev.get("seq", 0)))
+            last = max(last, ev["seq"])
         if self.path.exists():
             # cut a torn last line so the next append starts on a fresh line
             data = self.path.read_bytes()
