@@ -44,19 +44,25 @@ def test_bad_input_named(world):
         fit_quality(x, world["m"], world["fam"], world["q"])
 
 
+def _two_level_world(*, seed, fam, d, n_per, bias, slope_sd, between, within, noise):
+    """Rows drawn from the model: (bias sd, slope sd) of the families around the global weights (`between`) and of
+    the models around their family's (`within`). Returns x, model index, family of model, quality, w, w_family."""
+    rng = np.random.default_rng(seed)
+    k, g = fam.size, int(fam.max()) + 1
+    w_glob = np.r_[bias, slope_sd * rng.normal(size=d - 1)]
+    w_fam = w_glob + np.r_[between[0], np.full(d - 1, between[1])] * rng.normal(size=(g, d))
+    w = w_fam[fam] + np.r_[within[0], np.full(d - 1, within[1])] * rng.normal(size=(k, d))
+    m = np.repeat(np.arange(k), n_per)
+    x = np.concatenate([np.ones((m.size, 1)), rng.normal(size=(m.size, d - 1))], 1)
+    return x, m, fam, np.sum(x * w[m], 1) + noise * rng.normal(size=m.size), w, w_fam
+
+
 def test_bias_has_its_own_spread():
     """Models of a family agree on their slopes but not on their mean quality: the fitted bias scale (feature 0)
     comes out well above the slopes' scale, and the slopes' scale stays near the truth (0.01). The family level
     (4 families) is too weakly identified for a like assertion on tau_global_bias vs tau_global."""
-    rng = np.random.default_rng(1)
-    k, g, d, n_per = 8, 4, 6, 300
-    fam = np.arange(k) % g
-    w_glob = np.r_[0.5, 0.1 * rng.normal(size=d - 1)]
-    w_fam = w_glob + np.r_[0.2, np.full(d - 1, 0.05)] * rng.normal(size=(g, d))
-    w = w_fam[fam] + np.r_[0.15, np.full(d - 1, 0.01)] * rng.normal(size=(k, d))
-    m = np.repeat(np.arange(k), n_per)
-    x = np.concatenate([np.ones((m.size, 1)), rng.normal(size=(m.size, d - 1))], 1)
-    q = np.sum(x * w[m], 1) + 0.1 * rng.normal(size=m.size)
+    x, m, fam, q, _, _ = _two_level_world(seed=1, fam=np.arange(8) % 4, d=6, n_per=300, bias=0.5, slope_sd=0.1,
+                                          between=(0.2, 0.05), within=(0.15, 0.01), noise=0.1)
     # the default number of steps (3000): at 2000 the slopes' scale has not come down yet (0.04, truth 0.01)
     fit = fit_quality(x, m, fam, q, config=QualityConfig(num_steps=3000, min_steps=1500, num_samples=200), seed=0)
     assert float(fit.tau_family_bias) > 3 * float(fit.tau_family), (fit.tau_family_bias, fit.tau_family)
@@ -67,15 +73,9 @@ def test_family_level_of_the_bias_is_recovered_not_collapsed():
     """Shaped like the bundled data (6 families of 1-3 models, mean quality spread by family and within it, slopes
     shared tightly): the family means of the bias follow the generating ones and tau_global_bias stays away from 0.
     The all-non-centred parameterisation collapsed it here (tau_global_bias ~0.005, every family mean equal)."""
-    rng = np.random.default_rng(3)
-    fam = np.array([0, 1, 1, 1, 2, 2, 3, 4, 4, 5, 5])
-    k, g, d, n_per = fam.size, 6, 8, 400
-    w_glob = np.r_[0.6, 0.05 * rng.normal(size=d - 1)]
-    w_fam = w_glob + np.r_[0.15, np.full(d - 1, 0.01)] * rng.normal(size=(g, d))
-    w = w_fam[fam] + np.r_[0.08, np.full(d - 1, 0.005)] * rng.normal(size=(k, d))
-    m = np.repeat(np.arange(k), n_per)
-    x = np.concatenate([np.ones((m.size, 1)), rng.normal(size=(m.size, d - 1))], 1)
-    q = np.sum(x * w[m], 1) + 0.4 * rng.normal(size=m.size)
+    x, m, fam, q, w, w_fam = _two_level_world(seed=3, fam=np.array([0, 1, 1, 1, 2, 2, 3, 4, 4, 5, 5]), d=8,
+                                              n_per=400, bias=0.6, slope_sd=0.05, between=(0.15, 0.01),
+                                              within=(0.08, 0.005), noise=0.4)
     fit = fit_quality(x, m, fam, q, config=QualityConfig(num_steps=3000, min_steps=1500, num_samples=200), seed=0)
     assert float(fit.tau_global_bias) > 0.05, fit.tau_global_bias  # truth 0.15 (6 families: wide posterior)
     # family means of the bias: ordered like the generating ones and not all shrunk onto one value
