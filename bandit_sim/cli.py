@@ -193,11 +193,15 @@ def _cmd_coldstart(args) -> int:
                       seed=args.seed, lam=args.lam, gamma=args.gamma, tokens=args.tokens, quick=args.quick,
                       incumbents=args.incumbents)
     lin = r["linear_thompson"]
+
+    def red(x) -> str:  # a reduction is undefined (NaN) where the reference regret is not positive
+        return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
     print(f"wrote {args.out}/report.md: regret over the next 500 queries reduced by "
-          f"{r['regret_next_500_reduction']:.3f} with the family prior (p = {r['p_value']:.3g}); linear Thompson on "
-          f"the query text: {lin['regret_next_500_reduction']:.3f} (p = {lin['p_value']:.3g}); excess regret over the "
-          f"router that knows the newcomer reduced by {r['excess_regret_next_500_reduction']:.3f} (Beta), "
-          f"{lin['excess_regret_next_500_reduction']:.3f} (linear)")
+          f"{red(r['regret_next_500_reduction'])} with the family prior (p = {r['p_value']:.3g}); linear Thompson on "
+          f"the query text: {red(lin['regret_next_500_reduction'])} (p = {lin['p_value']:.3g}); excess regret over "
+          f"the router that knows the newcomer reduced by {red(r['excess_regret_next_500_reduction'])} (Beta), "
+          f"{red(lin['excess_regret_next_500_reduction'])} (linear)")
     return 0
 
 

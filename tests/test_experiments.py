@@ -419,3 +419,19 @@ def test_coldstart_command_line_reaches_run_coldstart(monkeypatch, tmp_path, cap
     assert cli.main(["coldstart", "--out", str(tmp_path), "--gam", "0.3"]) == 0 and seen["gamma"] == 0.3
     assert cli.main(["coldstart", "--out", str(tmp_path), "--horizon", "50"]) == 2  # below 100: refused by name
     assert "horizon" in capsys.readouterr().err
+
+
+def test_coldstart_reduction_is_undefined_where_the_reference_is_not_positive():
+    """1 - f/r needs r > 0: a non-positive reference mean gives no reduction, and an interval is given only when
+    (nearly) every bootstrap replicate has a positive reference (else the point could fall outside it)."""
+    from bandit_sim.experiments.coldstart import _reduction
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(1.0, 0.5, (4, 100))
+    red, ci = _reduction(f, f + 1.0, np.random.default_rng(1))  # reference clearly positive
+    assert red == pytest.approx(1 - f.mean() / (f.mean() + 1.0)) and ci[0] <= red <= ci[1]
+    red, ci = _reduction(f, f - f.mean() - 0.1, np.random.default_rng(1))  # reference mean -0.1 < 0
+    assert np.isnan(red) and np.isnan(ci).all()
+    r = rng.normal(0.02, 1.0, (4, 100))  # positive mean, but about half the replicates are <= 0
+    red, ci = _reduction(f, r, np.random.default_rng(1))
+    assert np.isfinite(red) == (r.mean() > 0) and np.isnan(ci).all()

@@ -61,7 +61,7 @@ from bandit_sim.data.loaders import RoutingData, load_data
 from bandit_sim.data.text_features import featurizer_for_table, transform_table
 from bandit_sim.experiments import metrics as M
 from bandit_sim.experiments.protocol import run_policy, training_cost_scale
-from bandit_sim.experiments.report import command_line, md_table, savefig, short_name, write_json
+from bandit_sim.experiments.report import command_line, fmt, md_table, savefig, short_name, write_json
 from bandit_sim.experiments.stats import bootstrap_ci, paired_test
 from bandit_sim.sim.linear import fit_linear, linear_prior, train_rows
 from bandit_sim.sim.priors import family_prior_from_train, warm_prior_from_train
@@ -239,6 +239,12 @@ def _study(res: dict, conds: tuple[str, str], rng, seed: int) -> dict:
                       "mean_difference": float((f500 - r500).mean())}}
 
 
+def _ci_pair(ci) -> str:
+    """"[lo, hi]" of an interval from metrics.json ("[–]" where it is undefined: None / NaN)."""
+    lo, hi = ci if ci is not None else (None, None)
+    return "[–]" if fmt(lo) == "–" or fmt(hi) == "–" else f"[{fmt(lo)}, {fmt(hi)}]"
+
+
 def _paired(f: np.ndarray, r: np.ndarray, rng, seed: int):
     """Family vs reference over (newcomers, episodes) arrays: (reduction, its 95% CI, paired t-test, Wilcoxon)."""
     red, red_ci = _reduction(f, r, rng)
@@ -247,8 +253,14 @@ def _paired(f: np.ndarray, r: np.ndarray, rng, seed: int):
 
 
 def _reduction(f: np.ndarray, r: np.ndarray, rng) -> tuple[float, list[float]]:
-    """1 - mean(f) / mean(r) over (newcomers, episodes) arrays, with a bootstrap interval (newcomers, then episodes)."""
-    ratio = f.mean() / r.mean() if r.mean() != 0 else np.nan
+    """1 - mean(f) / mean(r) over (newcomers, episodes) arrays, with a bootstrap interval (newcomers, then episodes).
+
+    A reduction is defined only for a positive reference mean: NaN (reported "n/a") otherwise. Its interval is NaN
+    too when more than 2.5% of the bootstrap replicates have a reference mean <= 0: the ratio is then unbounded
+    within the interval's coverage, and percentiles of the other replicates alone would leave the point outside its
+    own interval (read the paired difference and its test instead).
+    """
+    ratio = f.mean() / r.mean() if r.mean() > 0 else np.nan
     boot_red = []
     n_new, n_ep = f.shape
     for _ in range(2000):
@@ -256,7 +268,9 @@ def _reduction(f: np.ndarray, r: np.ndarray, rng) -> tuple[float, list[float]]:
         e = rng.integers(0, n_ep, (n_new, n_ep))
         fr, flr = f[i[:, None], e].mean(), r[i[:, None], e].mean()
         boot_red.append(1.0 - fr / flr if flr > 0 else np.nan)
-    ci = np.nanpercentile(boot_red, [2.5, 97.5]) if np.isfinite(boot_red).any() else [np.nan, np.nan]
+    boot_red = np.asarray(boot_red)
+    ok = np.isfinite(boot_red)
+    ci = np.percentile(boot_red[ok], [2.5, 97.5]) if ok.mean() >= 0.975 else [np.nan, np.nan]
     return (float(1.0 - ratio) if np.isfinite(ratio) else float("nan")), [float(x) for x in ci]
 
 
@@ -559,8 +573,7 @@ def _linear_section(r: dict, lin: dict) -> list[str]:
     lines.append("")
     lines.append(md_table(["router", "reduction of regret over the next 500 (family vs reference prior)", "95% CI",
                            "mean difference (family - reference)", "paired t-test p", "Wilcoxon p"], [
-        [name, f"{x['regret_next_500_reduction']:.3f}",
-         f"[{x['regret_next_500_reduction_ci95'][0]:.3f}, {x['regret_next_500_reduction_ci95'][1]:.3f}]",
+        [name, fmt(x["regret_next_500_reduction"]), _ci_pair(x["regret_next_500_reduction_ci95"]),
          f"{x['units']['mean_difference']:.3f}", f"{x['p_value']:.3g}", f"{x['wilcoxon']['p_value']:.3g}"]
         for name, x in (("Beta Thompson (family vs flat)", r), ("linear Thompson (family vs global)", lin))]))
     lines += ["", "Per newcomer (linear Thompson): the newcomer's prior predictive quality on the test queries "
@@ -600,12 +613,12 @@ def _excess_section(r: dict, lin: dict | None) -> list[str]:
              "what changes.", ""]
     rows = []
     for name, x, (fc, rc) in studies:
-        lo, hi = x["excess_regret_next_500_reduction_ci95"]
         rows.append([f"{name} ({fc.split('_')[0]} vs {rc.split('_')[0]})", _ci_txt(x["known"]["regret_next_500"]),
                      _ci_txt(x[fc]["regret_next_500"]), _ci_txt(x[rc]["regret_next_500"]),
                      _ci_txt(x["excess_regret_next_100"][fc]), _ci_txt(x["excess_regret_next_100"][rc]),
                      _ci_txt(x["excess_regret_next_500"][fc]), _ci_txt(x["excess_regret_next_500"][rc]),
-                     f"**{x['excess_regret_next_500_reduction']:.3f}** [{lo:.3f}, {hi:.3f}]",
+                     f"**{fmt(x['excess_regret_next_500_reduction'])}** "
+                     f"{_ci_pair(x['excess_regret_next_500_reduction_ci95'])}",
                      f"{x['excess_p_value']:.3g}", f"{x['excess_wilcoxon']['p_value']:.3g}"])
     lines.append(md_table(["router", "regret 500 (known)", "regret 500 (family)", "regret 500 (reference)",
                            "excess 100 (family)", "excess 100 (reference)", "excess 500 (family)",
@@ -614,7 +627,9 @@ def _excess_section(r: dict, lin: dict | None) -> list[str]:
     lines += ["", "*Known* knows the newcomer as the incumbents are known, from the training split, not from the test "
               "means the reference ranks by: where a model's training mean is off its test mean, learning on the test "
               "stream can beat it, the excess is then negative, and a reduction is a ratio of small or negative "
-              "numbers (read the excess figures and the paired test beside it). The newcomer's training and test mean "
+              "numbers (read the excess figures and the paired test beside it; a reduction is – where the reference's "
+              "mean excess is not positive, its interval – where more than 2.5% of the bootstrap replicates have a "
+              "reference mean <= 0). The newcomer's training and test mean "
               "quality are listed per newcomer.", "",
               "Per newcomer (excess regret over the next 500 queries, mean over episodes):", ""]
     rows = []
@@ -649,9 +664,8 @@ def _report(r: dict) -> str:
         ["regret over the next 500 queries", _ci_txt(f["regret_next_500"]), _ci_txt(fl["regret_next_500"])],
         ["queries to identification (share within 20% of full knowledge)", _ci_txt(f["identification_queries"], 0),
          _ci_txt(fl["identification_queries"], 0)]]))
-    red_lo, red_hi = r["regret_next_500_reduction_ci95"]
-    lines += ["", f"Regret over the next 500 queries: reduction **{r['regret_next_500_reduction']:.3f}** "
-              f"[{red_lo:.3f}, {red_hi:.3f}] with the family prior; paired t-test over the "
+    lines += ["", f"Regret over the next 500 queries: reduction **{fmt(r['regret_next_500_reduction'])}** "
+              f"{_ci_pair(r['regret_next_500_reduction_ci95'])} with the family prior; paired t-test over the "
               f"{r['units']['newcomers']} x {r['units']['episodes_per_newcomer']} (newcomer, episode) units: "
               f"p = {r['p_value']:.3g} (Wilcoxon signed-rank p = {r['wilcoxon']['p_value']:.3g}).", "",
               "Regret is the pseudo-regret against the router that knows every model's mean quality (the same "

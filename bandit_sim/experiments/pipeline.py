@@ -17,6 +17,7 @@ from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import BUNDLED, load_data
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import run_compare
+from bandit_sim.experiments.report import fmt
 from bandit_sim.experiments.families import DEFAULT_DATASETS, run_families
 from bandit_sim.experiments.families import headlines as families_headlines
 from bandit_sim.experiments.impact import headlines as impact_headlines
@@ -66,6 +67,13 @@ def _ci(x: dict, nd: int = 3) -> str:
     return f"{x['mean']:.{nd}f} [{x['ci95'][0]:.{nd}f}, {x['ci95'][1]:.{nd}f}]"
 
 
+def _reduction(point, ci) -> str:
+    """A cold-start reduction with its interval ("n/a" where undefined: see coldstart._reduction)."""
+    lo, hi = ci if ci is not None else (None, None)
+    head = "n/a" if fmt(point) == "–" else fmt(point)
+    return head + (" [interval n/a]" if fmt(lo) == "–" or fmt(hi) == "–" else f" [{fmt(lo)}, {fmt(hi)}]")
+
+
 def _heads_compare(r: dict) -> list[str]:
     h = r["headline"]
     heads = [f"headline (warm track, chosen on validation): {h['router']}: quality retention "
@@ -108,7 +116,7 @@ def _stage_compare(data: str):
 def _heads_coldstart(r: dict) -> list[str]:
     f, fl = r["family_prior"], r["flat_prior"]
     return [f"regret over the next 500 queries: family prior {_ci(f['regret_next_500'], 2)} vs flat prior "
-            f"{_ci(fl['regret_next_500'], 2)}; reduction {r['regret_next_500_reduction']:.3f} "
+            f"{_ci(fl['regret_next_500'], 2)}; reduction {fmt(r['regret_next_500_reduction'])} "
             f"(paired p = {r['p_value']:.2g}, {r['units']['newcomers']} newcomers x "
             f"{r['units']['episodes_per_newcomer']} episodes)",
             f"queries to identification: family prior {_ci(f['identification_queries'], 0)} vs flat prior "
@@ -120,10 +128,10 @@ def _heads_coldstart_linear(r: dict) -> list[str]:
     if not lin:
         return []
     f, g = lin["family_prior"], lin["global_prior"]
-    lo, hi = lin["regret_next_500_reduction_ci95"]
     return [f"linear Thompson on the query text, regret over the next 500 queries: family prior on weights "
             f"{_ci(f['regret_next_500'], 2)} vs global prior {_ci(g['regret_next_500'], 2)}; reduction "
-            f"{lin['regret_next_500_reduction']:.3f} [{lo:.3f}, {hi:.3f}] (paired p = {lin['p_value']:.2g}); "
+            f"{_reduction(lin['regret_next_500_reduction'], lin['regret_next_500_reduction_ci95'])} "
+            f"(paired p = {lin['p_value']:.2g}); "
             f"identification {_ci(f['identification_queries'], 0)} vs {_ci(g['identification_queries'], 0)} queries"
             ] + _heads_coldstart_excess(r)
 
@@ -134,11 +142,10 @@ def _heads_coldstart_excess(r: dict) -> list[str]:
                               ("linear Thompson", r.get("linear_thompson") or {}, ("family_prior", "global_prior"))):
         if "excess_regret_next_500" not in x:
             continue
-        lo, hi = x["excess_regret_next_500_reduction_ci95"]
         ex = x["excess_regret_next_500"]
         out.append(f"{name}, excess regret over the next 500 queries over the router that knows the newcomer: family "
                    f"{_ci(ex[fc], 2)} vs {rc.split('_')[0]} {_ci(ex[rc], 2)}; reduction "
-                   f"{x['excess_regret_next_500_reduction']:.3f} [{lo:.3f}, {hi:.3f}] "
+                   f"{_reduction(x['excess_regret_next_500_reduction'], x['excess_regret_next_500_reduction_ci95'])} "
                    f"(paired p = {x['excess_p_value']:.2g})")
     return out
 
