@@ -115,3 +115,27 @@ def test_readme_dataset_figures_match_the_data():
     (odd,) = set(r2) - set(exact)
     assert f"{len(exact)} of its {len(r2)} models" in text and f"{odd}'s costs scatter" in text
     assert f"R² = {r2[odd]:.2f})" in text
+
+
+def test_serve_target_is_judged_on_the_per_request_overhead(tmp_path):
+    """Once the backends queue, a difference of latency percentiles can be negative: the README line and the docs
+    table must not read that as a met target."""
+    import json
+
+    from bandit_sim.experiments.pipeline import _bench_lines, serve_overhead_block
+
+    level = {"overhead_per_request_ms": {"p50": 11.0, "p99": 62.4, "mean": 15.0}, "requests_per_s": 176.0,
+             "overhead_pct_ms": {"p50": 82.1, "p99": -447.9}, "backend_latency_ms": {"p50": 42.0, "p99": 1128.0},
+             "passthrough_overhead_pct_ms": {"p50": 49.6}}
+    one = {**level, "overhead_per_request_ms": {"p50": 3.8, "p99": 4.0, "mean": 4.0},
+           "overhead_pct_ms": {"p50": 3.9, "p99": 4.5}, "backend_latency_ms": {"p50": 22.0, "p99": 23.0}}
+    ip = dict(route_and_log=0.8, router_route=1.1, count_tokens=0.01, log_append_flush=0.01, log_append_fsync=0.2,
+              feedback_with_fsync=0.9, state_save=2.7)
+    bench = tmp_path / "results" / "bench"
+    bench.mkdir(parents=True)
+    (bench / "serve.json").write_text(json.dumps({"command": "c", "requests": 600, "backend_delay_ms": 20.0,
+                                                 "levels": {"1": one, "32": level}, "in_process_ms": ip}))
+    line = next(ln for ln in _bench_lines(bench) if "Server overhead" in ln)
+    assert "p99 62.4 ms" in line and "target there is not met" in line
+    block = serve_overhead_block(tmp_path)
+    assert "-447" not in block and "per request: 62.4 ms" in block
