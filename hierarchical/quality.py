@@ -24,9 +24,10 @@ so the bias weights are sampled centred; the slopes are pooled tightly (tau_fami
 non-centred. With everything non-centred, the mean-field guide collapsed the family level of the bias on the
 bundled data (tau_global_bias near 0, every family's mean quality equal to the global one, so a newcomer's "family
 prior" was the global prior), although the models' mean qualities clearly differ by family (NUTS on that two-level
-hierarchy puts the scale well above 0: `python scripts/quality_scales_vs_nuts.py` prints both); `tests/test_quality_model.py`
-checks that the family level is recovered on data drawn from the model. Fit: SVI with an AutoNormal
-guide and optax Adam (warm-up + cosine decay), the step compiled once per static configuration and run in chunks
+hierarchy puts the scale well above 0: `python scripts/quality_scales_vs_nuts.py` prints both);
+`tests/test_quality_model.py` checks that the family level is recovered on data drawn from the model.
+
+Fit: SVI with an AutoNormal guide and optax Adam (warm-up + cosine decay), the step compiled once per static configuration and run in chunks
 of a `lax.scan` (the patterns of `hierarchical.fit`); rows are padded to a multiple of `PAD_ROWS` with zero weight
 so refitting on another split does not recompile. The result (`QualityFit`) holds posterior means and standard
 deviations of the weights at every level, the four scales and the per-model noise, which is what

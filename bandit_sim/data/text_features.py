@@ -33,8 +33,9 @@ from sklearn.preprocessing import normalize
 
 from bandit_sim.data.schema import DataValidationError
 
-__all__ = ["hashed_tf", "fit_idf", "tfidf", "fit_svd", "project", "standardiser", "TextFeaturizer", "GivenFeatures", "BiasOnly",
-           "features_matrix", "check_feature_rows", "featurizer_for_table", "featurizer_from_arrays", "transform_table", "N_HASH"]
+__all__ = ["hashed_tf", "fit_idf", "tfidf", "fit_svd", "project", "standardiser", "TextFeaturizer", "GivenFeatures",
+           "BiasOnly", "features_matrix", "check_feature_rows", "featurizer_for_table", "featurizer_from_arrays",
+           "transform_table", "N_HASH"]
 
 N_HASH = 2 ** 14  # buckets per analyzer (word, char): the SVD basis is (d, 2 * N_HASH) float32 = 4 MB at d = 32
 
