@@ -117,8 +117,11 @@ def quality_model(x, model_idx, weight, family_of_model, y=None, *, n_models: in
     # bias: centred (data-rich); slopes: non-centred (tightly pooled) -- see the module docstring
     b_fam = numpyro.sample("b_family", dist.Normal(w_global[0], tau_global_bias).expand([n_families]).to_event(1))
     b_mod = numpyro.sample("b_model", dist.Normal(b_fam[family_of_model], tau_family_bias).to_event(1))
-    z_fam = numpyro.sample("z_family", dist.Normal(0.0, 1.0).expand([n_families, d - 1]).to_event(2))
-    z_mod = numpyro.sample("z_model", dist.Normal(0.0, 1.0).expand([n_models, d - 1]).to_event(2))
+    if d > 1:
+        z_fam = numpyro.sample("z_family", dist.Normal(0.0, 1.0).expand([n_families, d - 1]).to_event(2))
+        z_mod = numpyro.sample("z_model", dist.Normal(0.0, 1.0).expand([n_models, d - 1]).to_event(2))
+    else:  # the bias only (a table with neither text nor features): no slopes to sample
+        z_fam, z_mod = jnp.zeros((n_families, 0)), jnp.zeros((n_models, 0))
     sigma = numpyro.sample("sigma", dist.HalfNormal(0.5).expand([n_models]).to_event(1))
     w_model = assemble(w_global, b_fam, b_mod, z_fam, z_mod, tau_global, tau_family, family_of_model)[1]
     mu = jnp.sum(x * w_model[model_idx], -1)
@@ -155,8 +158,10 @@ def _runner(cfg: QualityConfig, k: int, g: int, shapes: tuple = ()) -> _Runner:
     @jax.jit
     def draw(rng, params, family_of_model):
         s = guide.sample_posterior(rng, params, sample_shape=(cfg.num_samples,))
-        w_fam, w_mod = assemble(s["w_global"], s["b_family"], s["b_model"], s["z_family"], s["z_model"],
-                                s["tau_global"], s["tau_family"], family_of_model)
+        z_fam = s.get("z_family", jnp.zeros(s["b_family"].shape + (0,)))  # absent with the bias only (D = 1)
+        z_mod = s.get("z_model", jnp.zeros(s["b_model"].shape + (0,)))
+        w_fam, w_mod = assemble(s["w_global"], s["b_family"], s["b_model"], z_fam, z_mod, s["tau_global"],
+                                s["tau_family"], family_of_model)
         return dict(w_global=s["w_global"], tau_global=s["tau_global"], tau_family=s["tau_family"],
                     tau_global_bias=s["tau_global_bias"], tau_family_bias=s["tau_family_bias"],
                     w_family=w_fam, w_model=w_mod, sigma=s["sigma"])

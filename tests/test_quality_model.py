@@ -82,3 +82,15 @@ def test_family_level_of_the_bias_is_recovered_not_collapsed():
     assert np.corrcoef(fit.w_family[:, 0], w_fam[:, 0])[0, 1] > 0.8
     assert np.ptp(fit.w_family[:, 0]) > 0.5 * np.ptp(w_fam[:, 0])
     np.testing.assert_allclose(fit.w_model[:, 0], w[:, 0], atol=0.06)  # each model's own mean: its 400 rows
+
+
+def test_bias_only_features_fit():
+    """A table with neither text nor features gives D = 1 (the bias only): the fit has no slopes and still runs."""
+    rng = np.random.default_rng(4)
+    fam = np.array([0, 0, 1, 1])
+    m = np.repeat(np.arange(4), 100)
+    q = np.array([0.3, 0.4, 0.7, 0.8])[m] + 0.1 * rng.normal(size=m.size)
+    fit = fit_quality(np.ones((m.size, 1)), m, fam, q, config=QualityConfig(num_steps=1000, min_steps=500,
+                                                                           num_samples=100), seed=0)
+    assert fit.w_model.shape == (4, 1) and fit.w_family.shape == (2, 1)
+    np.testing.assert_allclose(fit.w_model[:, 0], [0.3, 0.4, 0.7, 0.8], atol=0.05)

@@ -116,7 +116,8 @@ def _stage_compare(data: str):
 def _heads_coldstart(r: dict) -> list[str]:
     f, fl = r["family_prior"], r["flat_prior"]
     return [f"regret over the next 500 queries: family prior {_ci(f['regret_next_500'], 2)} vs flat prior "
-            f"{_ci(fl['regret_next_500'], 2)}; reduction {fmt(r['regret_next_500_reduction'])} "
+            f"{_ci(fl['regret_next_500'], 2)}; reduction "
+            f"{_reduction(r['regret_next_500_reduction'], r['regret_next_500_reduction_ci95'])} "
             f"(paired p = {r['p_value']:.2g}, {r['units']['newcomers']} newcomers x "
             f"{r['units']['episodes_per_newcomer']} episodes)",
             f"queries to identification: family prior {_ci(f['identification_queries'], 0)} vs flat prior "
@@ -325,13 +326,13 @@ def _bench_lines(bench: Path) -> list[str]:
     srv = bench / "serve.json"
     if srv.is_file():
         v = json.loads(srv.read_text())
-        top = max(v["levels"], key=int)
-        one, many = v["levels"]["1"]["overhead_per_request_ms"], v["levels"][top]["overhead_per_request_ms"]
+        low, top = min(v["levels"], key=int), max(v["levels"], key=int)
+        one, many = v["levels"][low]["overhead_per_request_ms"], v["levels"][top]["overhead_per_request_ms"]
         # per request: the client's latency through the server minus that request's upstream time (a difference of
         # two latency percentiles is not an overhead once the backends queue: it can even be negative)
         lines.append(f"- Server overhead per request (`{v['command']}`; latency through the server minus the "
                      f"upstream call's, [docs/serve.md](docs/serve.md#overhead)): p50 {one['p50']:.1f} ms / p99 "
-                     f"{one['p99']:.1f} ms at 1 client; at {top} concurrent clients p50 {many['p50']:.1f} ms / p99 "
+                     f"{one['p99']:.1f} ms at {low} client{'s' if int(low) > 1 else ''}; at {top} concurrent clients p50 {many['p50']:.1f} ms / p99 "
                      f"{many['p99']:.1f} ms at {v['levels'][top]['requests_per_s']:.0f} req/s (the 5 ms p99 target "
                      f"there is {'met' if many['p99'] <= 5 else 'not met'}).")
     tok = bench / "tokens.json"
@@ -412,6 +413,11 @@ def sync_readme(root: Path) -> bool:
     """Rewrite the generated blocks (README.md's results, docs/serve.md's overhead) from the results files; True if
     either changed."""
     root = Path(root)
-    a = _sync_block(root / "README.md", README_BEGIN, README_END, readme_results(root))
-    b = _sync_block(root / "docs" / "serve.md", SERVE_BEGIN, SERVE_END, serve_overhead_block(root))
-    return a or b
+    blocks = [(root / "README.md", README_BEGIN, README_END, readme_results(root)),
+              (root / "docs" / "serve.md", SERVE_BEGIN, SERVE_END, serve_overhead_block(root))]
+    for path, begin, end, _ in blocks:  # every file checked before any is written
+        text = path.read_text()
+        if begin not in text or end not in text:
+            raise ValueError(f"{path}: no generated block ({begin!r} ... {end!r})")
+    changed = [_sync_block(*b) for b in blocks]
+    return any(changed)
