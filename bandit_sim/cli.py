@@ -32,7 +32,7 @@ from bandit_sim.data.schema import DataValidationError
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import check_fractions, run_compare
 from bandit_sim.experiments.families import DEFAULT_DATASETS, run_families
-from bandit_sim.experiments.impact import DEFAULT_ROUTERS, ROUTERS, parse_mix, run_impact
+from bandit_sim.experiments.impact import DEFAULT_ROUTERS, ROUTERS, check_routers, parse_mix, run_impact
 from bandit_sim.experiments.pipeline import STAGES, run_all
 from bandit_sim.experiments.sweep import parse_range, run_sweep
 from bandit_sim.experiments.token_eval import PROMPT_METHODS, run_token_eval
@@ -278,9 +278,10 @@ def _cmd_impact(args) -> int:
     _finite("latency-ms", args.latency_ms)
     mix = parse_mix(args.mix)
     routers = [r.strip() for r in args.routers.split(",")] if args.routers else list(DEFAULT_ROUTERS)
-    unknown = sorted(set(routers) - set(ROUTERS))
-    if unknown:
-        raise ValueError(f"--routers: unknown routers {unknown}; known: {', '.join(ROUTERS)}")
+    try:
+        check_routers(routers)
+    except ValueError as exc:
+        raise ValueError(f"--routers: {exc}") from None
     r = run_impact(args.data, Path(args.out), queries_per_day=args.queries_per_day, days=args.days,
                    mix=mix, prices=getattr(args, "prices", None), episodes=args.episodes, seed=args.seed,
                    tokens=args.tokens, latency_ms=args.latency_ms, compute_usd_per_hour=args.compute_usd_per_hour,

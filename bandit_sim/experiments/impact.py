@@ -53,8 +53,8 @@ from bandit_sim.sim.world import pivot_index
 from hierarchical.predictive import predict
 from hierarchical.storage import atomic_write
 
-__all__ = ["project_monthly", "outcomes_from_trajectory", "run_impact", "read_prices", "ROUTERS", "DEFAULT_ROUTERS",
-           "parse_mix", "measure_latency", "headlines"]
+__all__ = ["project_monthly", "outcomes_from_trajectory", "run_impact", "read_prices", "check_routers", "ROUTERS",
+           "DEFAULT_ROUTERS", "parse_mix", "measure_latency", "headlines"]
 
 # report key -> (kernel policy, options, lambda chosen on validation?)
 ROUTERS: dict[str, tuple[str, dict, bool]] = {
@@ -228,6 +228,13 @@ def outcomes_from_trajectory(traj, world, info, cost_usd: np.ndarray | None = No
     return {"cost_usd": cost, "quality": qual, "arm": arms}
 
 
+def check_routers(routers) -> None:
+    """ValueError naming the router names `run_impact` does not know (and the ones it does)."""
+    unknown = sorted(set(routers) - set(ROUTERS))
+    if unknown:
+        raise ValueError(f"unknown routers {unknown}; known: {', '.join(ROUTERS)}")
+
+
 def read_prices(path: str | Path) -> dict[str, tuple[float, float]]:
     """A user's prices, USD per 1M tokens: the prices file every command takes (`bandit_sim.data.prices`: TOML, CSV
     or JSON entries of name, input_per_m, output_per_m -- a serve config is one), or the short forms CSV
@@ -371,9 +378,7 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     Returns:
       The metrics dict written to DIR/metrics.json.
     """
-    unknown = set(routers) - set(ROUTERS)
-    if unknown:  # before the minutes of preparation below
-        raise ValueError(f"unknown routers {sorted(unknown)}; known: {list(ROUTERS)}")
+    check_routers(routers)  # before the minutes of preparation below
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
