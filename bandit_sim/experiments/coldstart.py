@@ -61,7 +61,7 @@ from bandit_sim.data.loaders import RoutingData, load_data
 from bandit_sim.data.text_features import featurizer_for_table, transform_table
 from bandit_sim.experiments import metrics as M
 from bandit_sim.experiments.protocol import run_policy, training_cost_scale
-from bandit_sim.experiments.report import command_line, fmt, md_table, savefig, short_name, write_json
+from bandit_sim.experiments.report import command_line, fmt, interval, md_table, savefig, short_name, write_json
 from bandit_sim.experiments.stats import bootstrap_ci, paired_test
 from bandit_sim.sim.linear import fit_linear, linear_prior, train_rows
 from bandit_sim.sim.priors import family_prior_from_train, warm_prior_from_train
@@ -237,12 +237,6 @@ def _study(res: dict, conds: tuple[str, str], rng, seed: int) -> dict:
             "p_value": ttest.p_value, "test": ttest.as_dict(), "wilcoxon": wil.as_dict(),
             "units": {"newcomers": n_new, "episodes_per_newcomer": n_ep,
                       "mean_difference": float((f500 - r500).mean())}}
-
-
-def _ci_pair(ci) -> str:
-    """"[lo, hi]" of an interval from metrics.json ("[–]" where it is undefined: None / NaN)."""
-    lo, hi = ci if ci is not None else (None, None)
-    return "[–]" if fmt(lo) == "–" or fmt(hi) == "–" else f"[{fmt(lo)}, {fmt(hi)}]"
 
 
 def _paired(f: np.ndarray, r: np.ndarray, rng, seed: int):
@@ -573,7 +567,7 @@ def _linear_section(r: dict, lin: dict) -> list[str]:
     lines.append("")
     lines.append(md_table(["router", "reduction of regret over the next 500 (family vs reference prior)", "95% CI",
                            "mean difference (family - reference)", "paired t-test p", "Wilcoxon p"], [
-        [name, fmt(x["regret_next_500_reduction"]), _ci_pair(x["regret_next_500_reduction_ci95"]),
+        [name, fmt(x["regret_next_500_reduction"]), interval(x["regret_next_500_reduction_ci95"]),
          f"{x['units']['mean_difference']:.3f}", f"{x['p_value']:.3g}", f"{x['wilcoxon']['p_value']:.3g}"]
         for name, x in (("Beta Thompson (family vs flat)", r), ("linear Thompson (family vs global)", lin))]))
     lines += ["", "Per newcomer (linear Thompson): the newcomer's prior predictive quality on the test queries "
@@ -618,7 +612,7 @@ def _excess_section(r: dict, lin: dict | None) -> list[str]:
                      _ci_txt(x["excess_regret_next_100"][fc]), _ci_txt(x["excess_regret_next_100"][rc]),
                      _ci_txt(x["excess_regret_next_500"][fc]), _ci_txt(x["excess_regret_next_500"][rc]),
                      f"**{fmt(x['excess_regret_next_500_reduction'])}** "
-                     f"{_ci_pair(x['excess_regret_next_500_reduction_ci95'])}",
+                     f"{interval(x['excess_regret_next_500_reduction_ci95'])}",
                      f"{x['excess_p_value']:.3g}", f"{x['excess_wilcoxon']['p_value']:.3g}"])
     lines.append(md_table(["router", "regret 500 (known)", "regret 500 (family)", "regret 500 (reference)",
                            "excess 100 (family)", "excess 100 (reference)", "excess 500 (family)",
@@ -628,7 +622,7 @@ def _excess_section(r: dict, lin: dict | None) -> list[str]:
               "means the reference ranks by: where a model's training mean is off its test mean, learning on the test "
               "stream can beat it, the excess is then negative, and a reduction is a ratio of small or negative "
               "numbers (read the excess figures and the paired test beside it; a reduction is – where the reference's "
-              "mean excess is not positive, its interval – where more than 2.5% of the bootstrap replicates have a "
+              "mean excess is not positive, its interval [n/a] where more than 2.5% of the bootstrap replicates have a "
               "reference mean <= 0). The newcomer's training and test mean "
               "quality are listed per newcomer.", "",
               "Per newcomer (excess regret over the next 500 queries, mean over episodes):", ""]
@@ -665,7 +659,7 @@ def _report(r: dict) -> str:
         ["queries to identification (share within 20% of full knowledge)", _ci_txt(f["identification_queries"], 0),
          _ci_txt(fl["identification_queries"], 0)]]))
     lines += ["", f"Regret over the next 500 queries: reduction **{fmt(r['regret_next_500_reduction'])}** "
-              f"{_ci_pair(r['regret_next_500_reduction_ci95'])} with the family prior; paired t-test over the "
+              f"{interval(r['regret_next_500_reduction_ci95'])} with the family prior; paired t-test over the "
               f"{r['units']['newcomers']} x {r['units']['episodes_per_newcomer']} (newcomer, episode) units: "
               f"p = {r['p_value']:.3g} (Wilcoxon signed-rank p = {r['wilcoxon']['p_value']:.3g}).", "",
               "Regret is the pseudo-regret against the router that knows every model's mean quality (the same "

@@ -46,6 +46,12 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(Path(path), json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
 
 
+def interval(ci, digits: int = 3) -> str:
+    """"[lo, hi]" of a 95% interval from a result ("[n/a]" where it is undefined: None / NaN ends)."""
+    lo, hi = ci if ci is not None else (None, None)
+    return "[n/a]" if "–" in (fmt(lo, digits), fmt(hi, digits)) else f"[{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
 def fmt(x: Any, digits: int = 3) -> str:
     """Format a number for a markdown table (None/NaN -> "–")."""
     if x is None:
