@@ -245,3 +245,18 @@ def test_metadata_that_is_not_json_is_refused_naming_its_key(tmp_path):
     r = Router(StandInTokens(stats, {m: m.split("-")[0] for m in stats}), list(stats), cost_scale=0.01)
     with pytest.raises(TypeError, match="metadata key 'extra.when'"):
         r.save(tmp_path / "r.npz", extra={"when": object()})  # it used to be saved as "<object object at 0x...>"
+
+
+def test_stand_in_tokens_name_a_model_without_family_or_with_bad_statistics(tmp_path):
+    stats = {"gpt-4o-2024-05-13": [300, 100, 100, 500], "claude-3-haiku-20240307": [200, 80, 80, 400]}
+    with pytest.raises(ValueError, match=r"no family given for models \['claude-3-haiku-20240307'\]"):
+        StandInTokens(stats, {"gpt-4o-2024-05-13": "gpt"})  # used to fail only at save, with a bare KeyError
+    for bad in ([300, float("nan"), 100, 500], [300, 100, 100], [-1, 100, 100, 500]):
+        with pytest.raises(ValueError, match="'gpt-4o-2024-05-13': token statistics must be 4 finite"):
+            StandInTokens({"gpt-4o-2024-05-13": bad}, {"gpt-4o-2024-05-13": "gpt"})
+    tok = StandInTokens(stats, {m: m.split("-")[0] for m in stats})
+    arrays, meta = tok.to_state()
+    back = StandInTokens.from_state(arrays, meta)
+    assert back.families == tok.families and all(np.array_equal(back.stats[m], tok.stats[m]) for m in stats)
+    with pytest.raises(ValueError, match="1 families for 2 models"):
+        StandInTokens.from_state(arrays, dict(meta, families=meta["families"][:1]))

@@ -51,8 +51,25 @@ class StandInTokens:
     needs_features = False
 
     def __init__(self, stats: dict[str, np.ndarray], families: dict[str, str]):
-        self.stats = {m: np.asarray(v, np.float64).reshape(4) for m, v in stats.items()}  # median, sd, q10, q90
-        self.families = dict(families)
+        """Per-model statistics and families.
+
+        Args:
+          stats: model -> (median, sd, q10, q90) of its output tokens (finite, >= 0).
+          families: model -> family name, for every model in `stats` (`add_model` pools a family's statistics).
+        Raises:
+          ValueError: a model without a family, or statistics that are not 4 finite non-negative numbers (named).
+        """
+        missing = [m for m in stats if m not in families]
+        if missing:
+            raise ValueError(f"StandInTokens: no family given for models {missing}")
+        self.stats = {}
+        for m, v in stats.items():
+            a = np.asarray(v, np.float64)
+            if a.size != 4 or not np.all(np.isfinite(a)) or np.any(a < 0):
+                raise ValueError(f"StandInTokens: model {m!r}: token statistics must be 4 finite numbers >= 0 "
+                                 f"(median, sd, q10, q90), got {a.tolist()}")
+            self.stats[m] = a.reshape(4)
+        self.families = {m: str(f) for m, f in families.items()}
 
     @classmethod
     def from_table(cls, table, split: str | None = "train") -> "StandInTokens":
@@ -116,6 +133,8 @@ class StandInTokens:
         stats = arrays["stats"]
         if stats.shape != (len(meta["models"]), 4):
             raise ValueError(f"stand-in token stats have shape {stats.shape}, expected ({len(meta['models'])}, 4)")
+        if len(meta["families"]) != len(meta["models"]):
+            raise ValueError(f"stand-in token state: {len(meta['families'])} families for {len(meta['models'])} models")
         return cls(dict(zip(meta["models"], stats)), dict(zip(meta["models"], meta["families"])))
 
 
