@@ -181,6 +181,24 @@ def test_compare_layout_and_definitions(compared):
     assert (base / "a" / "aiq.png").exists()
 
 
+def test_compare_paired_aiq_differences_of_the_text_router(compared):
+    """AIQ(linear_thompson) - AIQ(other) per track: the point is the difference of the two fold-mean AIQs; the
+    resample is shared (paired), so against the oracle, whose AIQ bounds every router's on every resample, every
+    replicate is <= 0."""
+    base, _ = compared
+    m = json.loads((base / "a" / "metrics.json").read_text())
+    report = (base / "a" / "report.md").read_text()
+    for t in ("cold", "warm"):
+        rs, diff = m["tracks"][t]["routers"], m["tracks"][t]["aiq_differences"]
+        assert diff["focal"] == "linear_thompson" and set(diff["vs"]) == set(rs) - {"linear_thompson"}
+        for name, d in diff["vs"].items():
+            assert d["difference"] == pytest.approx(rs["linear_thompson"]["aiq"]["mean"] - rs[name]["aiq"]["mean"],
+                                                    abs=1e-12)
+            assert d["ci95"][0] <= d["ci95"][1] and 0.0 <= d["share_not_above"] <= 1.0
+        assert diff["vs"]["oracle"]["share_not_above"] == 1.0 and diff["vs"]["oracle"]["ci95"][1] <= 1e-12
+        assert f"AIQ of linear_thompson minus each other router's ({t} track" in report
+
+
 def test_compare_learning_curve(compared):
     """`compare --learning-curve`: the full share reproduces the warm track's AIQ exactly; the half share refits
     every warm router on half the training prompts; intervals hold their means; the report shows it."""

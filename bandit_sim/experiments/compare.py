@@ -549,6 +549,34 @@ def _fold_stats(runs: dict[str, RouterRun], fs: FoldSetup, bw: _Boot | None) -> 
     return out
 
 
+AIQ_FOCAL = "linear_thompson"
+"""The router whose AIQ is set against every other router's of its track, paired (`_aiq_differences`)."""
+
+
+def _aiq_differences(point: dict[str, float], boots: dict[str, np.ndarray]) -> dict:
+    """AIQ of `AIQ_FOCAL` minus each other router's of the track: fold-mean difference, 95% interval and the share
+    of bootstrap replicates where it is <= 0, from the same resample of prompts and episodes for both (paired).
+
+    Args:
+      point: router -> fold-mean AIQ. boots: router -> (B,) fold-mean AIQ per bootstrap replicate.
+    Returns:
+      {"focal": name, "vs": {other: {"difference", "ci95", "share_not_above"}}}; empty "vs" when the focal router
+      is not in the track.
+    """
+    if AIQ_FOCAL not in point:
+        return {"focal": AIQ_FOCAL, "vs": {}}
+    vs = {}
+    for name in point:
+        if name == AIQ_FOCAL:
+            continue
+        d = np.asarray(boots[AIQ_FOCAL], np.float64) - np.asarray(boots[name], np.float64)
+        ci = _ci(point[AIQ_FOCAL] - point[name], d)
+        d = d[np.isfinite(d)]
+        vs[name] = {"difference": ci["mean"], "ci95": ci["ci95"],
+                    "share_not_above": float(np.mean(d <= 0)) if d.size else float("nan")}
+    return {"focal": AIQ_FOCAL, "vs": vs}
+
+
 def _ci(point: float, boots: np.ndarray) -> dict:
     b = np.asarray(boots, np.float64)
     b = b[np.isfinite(b)]
@@ -674,6 +702,8 @@ def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, s
     for t in TRACKS:
         point = [_fold_stats(runs[t], fs, None) for fs, runs in zip(setups, per_fold)]
         boot = [_fold_stats(runs[t], fs, bw) for fs, runs, bw in zip(setups, per_fold, boots)]
+        aiq_pt = {n: float(np.mean([p[n]["aiq"] for p in point])) for n in names[t]}
+        aiq_bs = {n: np.mean([b[n]["aiq"] for b in boot], 0) for n in names[t]}
         routers = {}
         for name in names[t]:
             entry = {}
@@ -691,7 +721,7 @@ def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, s
             runs_n = [runs[t][name] for runs in per_fold]
             entry.update(_router_extras(name, runs_n, setups, st, t))
             routers[name] = entry
-        tracks[t] = {"routers": routers}
+        tracks[t] = {"routers": routers, "aiq_differences": _aiq_differences(aiq_pt, aiq_bs)}
     # significance: thompson vs every other router of its track, per-prompt utility at thompson's lambda
     p_raw, labels = [], []
     diffs = {}
@@ -1027,6 +1057,20 @@ def _knob_sensitivity(rs: dict, warm: bool) -> list[str]:
             "across arms, so its posterior scale does." if warm else ""), ""]
 
 
+def _aiq_difference_report(diff: dict | None, track: str) -> list[str]:
+    """The focal router's paired AIQ differences against every other router of the track."""
+    if not diff or not diff["vs"]:
+        return []
+    f = diff["focal"]
+    rows = sorted(diff["vs"].items(), key=lambda kv: -kv[1]["difference"])
+    return [f"AIQ of {f} minus each other router's ({track} track; fold means; 95% interval and share of replicates "
+            "with a difference <= 0 from the same bootstrap over prompts and episodes for both routers, so the "
+            "comparison is paired):", "",
+            md_table(["vs", f"AIQ({f}) − AIQ(vs) [95% CI]", "share of replicates <= 0"],
+                     [[n, f"{v['difference']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]",
+                       f"{v['share_not_above']:.3f}"] for n, v in rows]), ""]
+
+
 def _report(r: dict) -> str:
     h = r["headline"]
     L = [f"# Routing comparison: {r['data']}", "",
@@ -1064,6 +1108,7 @@ def _report(r: dict) -> str:
         losses = [n for n, c in comp.items() if c["verdict"] == "loss"]
         ties = [n for n, c in comp.items() if c["verdict"] == "tie"]
         L += _knob_sensitivity(rs, t == "warm")
+        L += _aiq_difference_report(r["tracks"][t].get("aiq_differences"), t)
         L += [f"Thompson vs the others ({t} track; per-prompt utility quality − λ·cost at Thompson's λ of each fold, "
               f"paired t-test over {next(iter(comp.values()))['n_prompts'] if comp else 0} prompts, Holm over every "
               "comparison in this report):", "",

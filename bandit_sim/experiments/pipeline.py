@@ -88,6 +88,12 @@ def _heads_compare(r: dict) -> list[str]:
                      f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'win') or 'none'}; ties with "
                      f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'tie') or 'none'}; loses to "
                      f"{', '.join(n for n, c in comp.items() if c['verdict'] == 'loss') or 'none'}")
+        diff = r["tracks"][t].get("aiq_differences")
+        if diff and diff["vs"]:
+            pick = [n for n in ("zero_router", "mf_router", "linucb", "knn_router", "thompson") if n in diff["vs"]]
+            heads.append(f"{t} track, AIQ of {diff['focal']} minus (paired bootstrap): " + "; ".join(
+                f"{n} {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                for n, d in ((n, diff["vs"][n]) for n in pick)))
     lc = r.get("learning_curve")
     if lc:
         shares = ", ".join(f"{f:g}" for f in lc["fractions"])
