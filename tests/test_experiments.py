@@ -199,6 +199,42 @@ def test_compare_paired_aiq_differences_of_the_text_router(compared):
         assert f"AIQ of linear_thompson minus each other router's ({t} track" in report
 
 
+def test_compare_regret_under_one_utility_per_fold(compared):
+    """Every router of a track (references included) is measured under the same utility: thompson's chosen lambda of
+    each fold; and the regret of always-premium against the best fixed model recomputes from the World."""
+    base, _ = compared
+    m = json.loads((base / "a" / "metrics.json").read_text())
+    for t in ("cold", "warm"):
+        rs = m["tracks"][t]["routers"]
+        lam = rs["thompson"]["lam_per_fold"]
+        with_regret = [n for n, e in rs.items() if "regret_vs_oracle" in e]
+        assert set(with_regret) == set(rs) - {"oracle", "zero_router"}, t
+        for n in with_regret:
+            assert rs[n]["regret_lambda_per_fold"] == lam, (t, n)
+            assert rs[n]["regret_vs_oracle"]["mean"] >= -1e-9  # nothing beats the per-query oracle
+    assert {"simple_utility", "ucb1", "linear_thompson", "linucb"} <= set(m["tracks"]["cold"]["routers"])
+
+
+def test_knn_reads_the_linear_routers_features():
+    """DESIGN.md: LinUCB and k-NN on the same text features -- the k-NN vectors are World.x without its bias."""
+    from bandit_sim.data.text_features import transform_table
+    from bandit_sim.experiments.compare import _text_vectors
+    from bandit_sim.experiments.protocol import make_folds, prepare_fold
+
+    rd = _small_synthetic(n_prompts=120)
+    folds, _ = make_folds(rd.table, 3, seed=0)
+    fs = prepare_fold(rd, folds[0], seed=0, tokens="standin", quick=True)
+    v = _text_vectors(fs)
+    for split in ("val", "test"):
+        ids, x = v[split]
+        assert ids == list(fs.infos[split].prompt_ids)
+        np.testing.assert_array_equal(x, np.asarray(fs.worlds[split].x)[:, 1:])
+    ids, x = v["train"]
+    assert set(ids) == set(fs.data.split("train")["prompt_id"].astype(str))
+    np.testing.assert_array_equal(x, transform_table(fs.featurizer, fs.data.table, ids)[:, 1:])
+    assert x.shape[1] == np.asarray(fs.worlds["test"].x).shape[1] - 1 > 0
+
+
 def test_compare_learning_curve(compared):
     """`compare --learning-curve`: the full share reproduces the warm track's AIQ exactly; the half share refits
     every warm router on half the training prompts; intervals hold their means; the report shows it."""

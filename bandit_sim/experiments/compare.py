@@ -23,7 +23,9 @@ The protocol (DESIGN.md, "Evaluation protocol"; folds and Worlds in `bandit_sim.
   cheaper; `--premium` names another); retention and cost reduction against it; AIQ over the union of every
   router's points in the fold (the oracle swept over lambda, so its AIQ bounds every router's); APGR and CPT by
   RouteLLM's procedure, the same for every router (each swept over its knob on the strong/weak pair);
-  regret against the per-query oracle and against the best fixed model in hindsight under the router's utility;
+  regret against the per-query oracle and against the best fixed model in hindsight under one utility for every
+  router of a track (Thompson's chosen lambda of each fold); LinUCB, linear Thompson and k-NN read the same text
+  features (World.x);
   one convergence definition.
 - Intervals: a bootstrap over prompts within folds and over episodes together (the same resample for every router,
   so comparisons are paired); the figure is the mean over folds. A deterministic router therefore gets an interval
@@ -44,6 +46,7 @@ from scipy import stats as sps
 from tqdm.auto import tqdm
 
 from bandit_sim.data.loaders import RoutingData, load_data
+from bandit_sim.data.text_features import transform_table
 from bandit_sim.experiments import metrics as M
 from bandit_sim.experiments.protocol import (GAMMA, LAMBDAS, ORACLE_LAMBDAS, FoldSetup, Outcomes, kernel_sweep,
                                              lambda_cells, make_folds, outcomes_from_decisions, prepare_fold)
@@ -102,6 +105,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("epsilon_greedy", "cold", "learner", "epsilon_greedy", "epsilon",
             tuple((str(e), {"epsilon": e}) for e in (0.01, 0.03, 0.1, 0.3))),
     Variant("ucb1", "cold", "learner", "ucb1", "c", tuple((str(c), {"ucb_c": c}) for c in (0.05, 0.2, 0.5, 1.0))),
+    Variant("simple_utility", "cold", "learner", "simple_utility", None, (("flat", {}),)),
     Variant("linear_thompson", "cold", "learner", "linear_thompson", "posterior scale", _LIN_SCALE),
     Variant("linucb", "cold", "learner", "linucb", "alpha", _LIN_ALPHA),
     Variant("thompson_label", "cold", "learner", "contextual_thompson", "exploration", _COLD_TS, label_aware=True),
@@ -130,7 +134,14 @@ REVISIONS = ("variant list revised on 2026-12-03 after test figures had been pub
              "1/64, 1/256} (slope prior variance 0.03 s, noise 0.25 s); the flat prior of both linear routers "
              "(linear_thompson and linucb) was centred at 0 and now centres the bias weight at 0.5 with a 30 times "
              "wider variance than the slopes. Both changes were chosen on validation figures of two folds only; "
-             "every other variant is unchanged.",)
+             "every other variant is unchanged.",
+             "protocol corrections on 2026-12-03 (a review against DESIGN.md, after test figures had been published; "
+             "no knob or grid was changed): the k-NN router read the MF router's text vectors (18 hand-made features "
+             "and an SVD of word n-grams) and now reads the linear routers' features (World.x without its bias), as "
+             "DESIGN.md asks (LinUCB and k-NN on the same text features); simple_utility, which can run without "
+             "training data, was in the warm track only and is now in the cold track too (flat prior, no knob); "
+             "regret was measured at each router's own chosen λ (λ = 0 for the references) and is now measured "
+             "under one utility per fold for every router of a track (thompson's chosen λ).",)
 """Changes to `VARIANTS` after figures were seen, printed in every report's notes."""
 LEARNING_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 """Shares of each fold's training prompts behind `compare --learning-curve` (validation and test unchanged)."""
@@ -343,17 +354,14 @@ def _pair_qhat(fs: FoldSetup, qhat_test: np.ndarray, st: Settings) -> dict | Non
     return _pair_host(fs, np.argmax(u, -1))
 
 
-def _text_vectors(fs: FoldSetup, seed: int) -> dict:
-    """Text vectors of every split's prompts from a featurizer fitted on the fold's training prompts."""
-    rd = fs.data
-    tr = rd.split("train").drop_duplicates("prompt_id")
-    f, x_train = MF.fit_text_featurizer(tr["prompt"].astype(str).tolist(), tr["input_tokens"].to_numpy(float),
-                                        seed=seed)
-    out = {"train": (tr["prompt_id"].astype(str).tolist(), x_train)}
+def _text_vectors(fs: FoldSetup) -> dict:
+    """The k-NN router's query vectors: the linear routers' features (World.x, the fold's text featurizer fitted on
+    its training prompts, or the user's features) without the bias column, so LinUCB, linear Thompson and k-NN read
+    the same text features (DESIGN.md, baselines)."""
+    ids = fs.data.split("train")["prompt_id"].astype(str).drop_duplicates().tolist()
+    out = {"train": (ids, transform_table(fs.featurizer, fs.data.table, ids)[:, 1:])}
     for split in ("val", "test"):
-        per = rd.split(split).drop_duplicates("prompt_id").set_index("prompt_id").loc[list(fs.infos[split].prompt_ids)]
-        out[split] = (list(fs.infos[split].prompt_ids),
-                      MF.transform_text(f, per["prompt"].astype(str).tolist(), per["input_tokens"].to_numpy(float)))
+        out[split] = (list(fs.infos[split].prompt_ids), np.asarray(fs.worlds[split].x, np.float32)[:, 1:])
     return out
 
 
@@ -365,7 +373,8 @@ def _knn(fs: FoldSetup, st: Settings, seed: int, vectors: dict) -> RouterRun:
     v = next(x for x in VARIANTS if x.name == "knn_router")
     decs, val_curves = {}, {}
     for lab, settings in v.knob_values:
-        k = min(int(settings["k"]), len(ids))
+        # no feature beyond the bias (a table with neither text nor features): every training prompt is a neighbour
+        k = min(int(settings["k"]), len(ids)) if x_train.shape[1] else len(ids)
         f = KNN.fit(x_train, qt, k)
         qhat = {s: KNN.predict_quality(f, vectors[s][1]) for s in ("val", "test")}
         decs[lab] = (_host_lambda_router(fs, qhat, st), qhat["test"])
@@ -481,7 +490,7 @@ def _run_fold(fs: FoldSetup, st: Settings, seed: int, bar=None, tracks=TRACKS,
         elif v.kind == "mf":
             runs[v.track][v.name] = _mf(fs, st, seed)
         elif v.kind == "knn":
-            vectors = vectors or _text_vectors(fs, seed)
+            vectors = vectors or _text_vectors(fs)
             runs[v.track][v.name] = _knn(fs, st, seed, vectors)
         elif v.kind == "best_fixed":
             runs[v.track][v.name] = _best_fixed(fs, st)
@@ -549,6 +558,9 @@ def _fold_stats(runs: dict[str, RouterRun], fs: FoldSetup, bw: _Boot | None) -> 
     return out
 
 
+REGRET_LAMBDA_OF = "thompson"
+"""Regret is measured under one utility per fold for every router of a track: this router's chosen lambda (the
+lambda of the significance tests too)."""
 AIQ_FOCAL = "linear_thompson"
 """The router whose AIQ is set against every other router's of its track, paired (`_aiq_differences`)."""
 
@@ -584,10 +596,10 @@ def _ci(point: float, boots: np.ndarray) -> dict:
     return {"mean": float(point), "ci95": [float(lo), float(hi)]}
 
 
-def _regret_and_convergence(r: RouterRun, fs: FoldSetup, st: Settings) -> dict:
-    """Cumulative regret per episode at the chosen lambda against the per-query oracle and the best fixed model in
-    hindsight (utility quality - lam * realised cost), and the convergence time of learners."""
-    lam = r.lam if r.lam is not None else 0.0
+def _regret_and_convergence(r: RouterRun, fs: FoldSetup, st: Settings, lam: float) -> dict:
+    """Cumulative regret per episode of the router at its chosen point, under one utility for every router of the
+    track (quality - lam * realised cost, lam = `REGRET_LAMBDA_OF`'s chosen lambda of the fold), against the
+    per-query oracle and the best fixed model in hindsight; and the convergence time of learners."""
     w = fs.worlds["test"]
     q_all, c_all = np.asarray(w.quality, np.float64), np.asarray(w.cost, np.float64)
     mask = np.asarray(w.mask)
@@ -719,7 +731,8 @@ def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, s
                 routers[name] = entry
                 continue
             runs_n = [runs[t][name] for runs in per_fold]
-            entry.update(_router_extras(name, runs_n, setups, st, t))
+            entry.update(_router_extras(name, runs_n, setups, st, t,
+                                        [runs[t][REGRET_LAMBDA_OF].lam for runs in per_fold]))
             routers[name] = entry
         tracks[t] = {"routers": routers, "aiq_differences": _aiq_differences(aiq_pt, aiq_bs)}
     # significance: thompson vs every other router of its track, per-prompt utility at thompson's lambda
@@ -764,7 +777,8 @@ def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, s
             "sweeps": _sweeps(per_fold, setups)}
 
 
-def _router_extras(name: str, runs: list[RouterRun], setups: list[FoldSetup], st: Settings, track: str) -> dict:
+def _router_extras(name: str, runs: list[RouterRun], setups: list[FoldSetup], st: Settings, track: str,
+                   regret_lam: list[float]) -> dict:
     e: dict[str, Any] = {}
     v = next((x for x in VARIANTS if x.name == name and x.track == track), None)
     e["label_aware"] = bool(v.label_aware) if v else False
@@ -789,10 +803,12 @@ def _router_extras(name: str, runs: list[RouterRun], setups: list[FoldSetup], st
         e["validation"]["met_target_folds"] = int(sum(r.val["met_target"] for r in runs))
     pairs = [r.pair for r in runs if r.pair is not None]
     for key in ("apgr", "cpt50", "cpt80"):
-        vals = [p[key] for p in pairs]
-        e[key] = float(np.nanmean(vals)) if vals and np.isfinite(vals).any() else None
-    if name != "oracle" and (runs[0].lam is not None or name in ("always_premium", "cheapest", "random")):
-        rc = [_regret_and_convergence(r, fs, st) for r, fs in zip(runs, setups)]
+        vals = np.array([np.nan if p[key] is None else p[key] for p in pairs], np.float64)
+        e[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+        e[f"{key}_folds"] = int(np.isfinite(vals).sum())  # folds behind the mean (a fold may have no pair / no CPT)
+    if name != "oracle":
+        rc = [_regret_and_convergence(r, fs, st, lam) for r, fs, lam in zip(runs, setups, regret_lam)]
+        e["regret_lambda_per_fold"] = [float(x) for x in regret_lam]
         for key in rc[0]:
             vals = np.concatenate([x[key] for x in rc])
             e[key] = {"mean": float(vals.mean()), "per_fold": [float(x[key].mean()) for x in rc]}
@@ -1032,6 +1048,9 @@ def _row(name: str, e: dict) -> list:
         flags.append(f"{e['knob']} at grid edge in {sum(e['knob_at_grid_edge'])} fold(s)")
     if any(e.get("threshold_at_grid_edge", [])):
         flags.append(f"threshold at grid edge in {sum(e['threshold_at_grid_edge'])} fold(s)")
+    k = len(e.get("aiq_per_fold", []))
+    if e.get("apgr") is not None and e.get("apgr_folds", k) < k:
+        flags.append(f"APGR over {e['apgr_folds']} of {k} folds")
     lam = "–" if e.get("lam") is None else f"{e['lam']:g}"
     knob = ", ".join(str(k) for k in e.get("knob_per_fold", [])) or "–"
     return [name + (" (label-aware)" if e.get("label_aware") else ""), ci(e.get("quality_retention")),
@@ -1042,19 +1061,24 @@ def _row(name: str, e: dict) -> list:
 
 def _knob_sensitivity(rs: dict, warm: bool) -> list[str]:
     """How much each learner's validation AIQ moves over its secondary knob's grid (max - min, mean over folds)."""
-    rows = []
+    rows, spreads = [], {}
     for n, e in sorted(rs.items()):
         scores = [v for v in e.get("knob_validation_aiq", []) if v and len(v) > 1]
         if scores:
-            spread = float(np.mean([max(v.values()) - min(v.values()) for v in scores]))
-            rows.append(f"{n} ({e['knob']}) {spread:.4f}")
+            spreads[n] = float(np.mean([max(v.values()) - min(v.values()) for v in scores]))
+            rows.append(f"{n} ({e['knob']}) {spreads[n]:.4f}")
     if not rows:
         return []
+    lin, ucb = spreads.get("linear_thompson"), spreads.get("linucb")
+    # the reading below is printed only where the figures show it: LinUCB's alpha moving validation AIQ by a
+    # fraction of what linear Thompson's posterior scale moves it
+    explain = (warm and lin is not None and ucb is not None and ucb < 0.2 * lin)
     return ["How much the secondary knob matters on validation (validation AIQ, max − min over its grid, mean over "
-            "folds): " + "; ".join(rows) + "." + (" A spread near 0 means the knob barely changes a decision: here "
-            "every arm starts from the same training prompts, so LinUCB's bonus α·√(x'S x) is almost the same for "
-            "every arm and α hardly moves the choice (nor does UCB1's c), while Thompson's draws are independent "
-            "across arms, so its posterior scale does." if warm else ""), ""]
+            "folds): " + "; ".join(rows) + "." + (
+                f" LinUCB's α moves it by {ucb:.4f}, linear Thompson's posterior scale by {lin:.4f}: every arm "
+                "starts from the same training prompts, so LinUCB's bonus α·√(x'S x) is almost the same for every "
+                "arm and α hardly moves the choice (LinUCB is close to greedy on its ridge estimate here), while "
+                "Thompson's draws are independent across arms." if explain else ""), ""]
 
 
 def _aiq_difference_report(diff: dict | None, track: str) -> list[str]:
@@ -1109,9 +1133,12 @@ def _report(r: dict) -> str:
         ties = [n for n, c in comp.items() if c["verdict"] == "tie"]
         L += _knob_sensitivity(rs, t == "warm")
         L += _aiq_difference_report(r["tracks"][t].get("aiq_differences"), t)
-        L += [f"Thompson vs the others ({t} track; per-prompt utility quality − λ·cost at Thompson's λ of each fold, "
-              f"paired t-test over {next(iter(comp.values()))['n_prompts'] if comp else 0} prompts, Holm over every "
-              "comparison in this report):", "",
+        lam_t = rs.get(REGRET_LAMBDA_OF, {}).get("lam_per_fold") or []
+        lam_txt = ", ".join(f"{x:g}" for x in lam_t) + (" -- quality alone" if lam_t and not any(lam_t) else "")
+        L += [f"Thompson vs the others ({t} track; per-prompt utility quality − λ·cost at Thompson's λ of each fold "
+              f"({lam_txt}), paired t-test over {next(iter(comp.values()))['n_prompts'] if comp else 0} prompts, "
+              "Holm over every comparison in this report; a verdict on utility at that λ, not on AIQ: see the AIQ "
+              "differences above for the whole cost-quality curve):", "",
               f"- wins against: {', '.join(wins) or 'none'}",
               f"- ties with: {', '.join(ties) or 'none'}",
               f"- loses to: {', '.join(losses) or 'none'}", "",
@@ -1133,9 +1160,10 @@ def _report(r: dict) -> str:
           "- APGR / CPT (RouteLLM): every router swept over its knob on the strong/weak pair "
           + ", ".join(sorted({"/".join(p) for p in r["strong_weak_pair"] if p})) + " (share of strong calls vs "
           "performance gap recovered; the all-weak and all-strong settings added as end points; no hull).",
-          "- Regret: cumulative over an episode at the router's chosen λ, utility quality − λ·cost with realised "
-          "costs, against the per-query oracle and against the best fixed model in hindsight (which a router can "
-          "beat: negative). Convergence (learners): queries after which the rolling mean (window 50) of the "
+          "- Regret: cumulative over an episode of each router at its chosen point, under one utility for every "
+          f"router of a track, quality − λ·cost with realised costs at {REGRET_LAMBDA_OF}'s chosen λ of each fold "
+          "(`regret_lambda_per_fold` in metrics.json), against the per-query oracle and against the best fixed "
+          "model in hindsight (which a router can beat: negative). Convergence (learners): queries after which the rolling mean (window 50) of the "
           "instantaneous regret against the best fixed model stays below "
           f"{next((e.get('convergence_threshold') for e in r['tracks']['warm']['routers'].values() if e.get('convergence_threshold')), '–')}.",
           "- Knobs: λ over " + ", ".join(f"{x:g}" for x in r["lambdas"]) + "; each learner's other knob over 4 values "
