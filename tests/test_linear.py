@@ -199,7 +199,9 @@ def test_family_prior_beats_flat_prior_for_a_newcomer():
         best = true_mu[qi].max(-1)
         regret[newcomer] = (best - np.take_along_axis(true_mu[qi], arm[..., None], -1)[..., 0])[:, t0:].sum(1)
     diff = regret["cold"] - regret["family"]
-    assert regret["family"].mean() < 0.5 * regret["cold"].mean()
+    # 0.55x since ties among clipped draws go to the larger unclipped draw (0.49x when they went to the lowest
+    # index, i.e. away from the newcomer, the last arm)
+    assert regret["family"].mean() < 0.6 * regret["cold"].mean()
     assert stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue < 0.01
 
 
@@ -213,6 +215,22 @@ def _both(world, hyper, **kw):
                                    atol=1e-4, err_msg=name)
     np.testing.assert_array_equal(np.asarray(fast.convergence), np.asarray(slow.convergence))
     return fast
+
+
+@pytest.mark.parametrize("impl", ["generic", "batched"])
+def test_clipped_draws_keep_probability_matching(impl):
+    """Three arms with one posterior centred on the top of the quality range: half of each arm's draws clip to 1, so
+    at lam = 0 the utilities tie often; the tie goes to the larger unclipped draw, and each arm is chosen a third of
+    the time (it went to the lowest index: 0.44 / 0.29 / 0.27 in a reviewer's run)."""
+    k, e = 3, 6000
+    w, _ = toy_world(n=8, k=k, seed=0, bernoulli=False)
+    h = default_hyper(k, d=1, lam=0.0, gam=0.0, min_explore=0.0, explore_decay=0.0)
+    h = h._replace(lin_mean=jnp.ones((k, 1), jnp.float32), lin_cov=jnp.ones((k, 1, 1), jnp.float32))
+    m, _ = simulate(w._replace(x=np.ones((8, 1), np.float32)), jax.random.key(3), h, policy="linear_thompson",
+                    episodes=e, steps=1, impl=impl)
+    counts = np.asarray(m.choices).sum(0)
+    assert counts.sum() == e
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
 
 
 def test_batched_path_same_episodes_as_generic(lin_world):

@@ -83,8 +83,8 @@ def _block(hyper: Hyper, world: World, keys, conv_threshold, *, steps, chunk, re
         t, z, u, g, u_r, qi, best, avail, pc, pu, x = xs  # z, g, avail, pc, pu: (E, K); x: (E, D); the rest (E,)
         # select: the exact scalar draw of x'w_k per arm
         m, v, _ = formulas.linear_moments(x, st.mean, st.cov)
-        pi = formulas.linear_draw(m, v, z)
-        greedy = _argmax(formulas.utility(pi, pc, pu, hyper.lam, hyper.gam, avail), axis=-1)
+        pi, raw = formulas.linear_draw(m, v, z)
+        greedy = formulas.argmax_ties_by(formulas.utility(pi, pc, pu, hyper.lam, hyper.gam, avail), raw, axis=-1)
         rand = _argmax(jnp.where(avail, g, -1.0), axis=-1)
         eps = formulas.explore_rate(t, hyper.explore_decay, hyper.min_explore)
         arm = jnp.where(u < eps, rand, greedy)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 __all__ = ["utility", "explore_rate", "hindsight_mean", "donor_weights", "pseudo_count_prior", "family_prior", "Accumulators",
            "init_accumulators", "observe", "convergence", "kahan_add", "argmax_first",
-           "linear_moments", "linear_draw", "linear_update", "linear_step"]
+           "linear_moments", "linear_draw", "linear_update", "linear_step", "argmax_ties_by"]
 
 
 def kahan_add(s, comp, x):
@@ -46,6 +46,17 @@ def argmax_first(x, axis: int = -1):
     m = jnp.max(x, axis, keepdims=True)
     idx = jax.lax.broadcasted_iota(jnp.int32, [n if a == axis % x.ndim else 1 for a in range(x.ndim)], axis % x.ndim)
     return jnp.min(jnp.where(x == m, idx, n), axis).clip(0, n - 1)
+
+
+def argmax_ties_by(u, tb, axis: int = -1):
+    """Index of the maximum of `u` along `axis`, ties among maxima broken by the largest `tb` (then the first index).
+
+    Linear Thompson clips its draws to the quality range, so several arms can share the clipped value 1 (or 0) and
+    a utility; `argmax_first` would then always give the tie to the lowest index, which breaks probability matching.
+    Breaking the tie by the unclipped draw picks the arm Thompson's draw ranks first.
+    """
+    m = jnp.max(u, axis, keepdims=True)
+    return argmax_first(jnp.where(u == m, tb, -jnp.inf), axis)
 
 
 def utility(pi, pred_cost, pred_unc, lam, gam, avail):
@@ -189,8 +200,12 @@ def linear_moments(x, mean, cov):
 
 
 def linear_draw(m, v, z):
-    """Thompson draw of the quality x'w_k = m + sqrt(v) z, clipped to the quality range [0, 1]."""
-    return jnp.clip(m + jnp.sqrt(v) * z, 0.0, 1.0)
+    """Thompson draw of the quality x'w_k: (pi = raw clipped to the quality range [0, 1], raw = m + sqrt(v) z).
+
+    The decision uses the clipped pi in the utility and the raw draw to break ties among arms whose clipped draws
+    (and utilities) are equal (`argmax_ties_by`)."""
+    raw = m + jnp.sqrt(v) * z
+    return jnp.clip(raw, 0.0, 1.0), raw
 
 
 def linear_update(mean_a, cov_a, x, r, noise):

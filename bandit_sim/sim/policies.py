@@ -500,6 +500,7 @@ class LinDraws(NamedTuple):
     z: jax.Array  # (K,) standard normals of the draw (zeros for LinUCB)
     u: jax.Array  # () exploration coin
     g: jax.Array  # (K,) random-arm uniforms
+    raw: jax.Array  # (K,) the unclipped draw, which breaks ties among equal utilities (the index for LinUCB)
 
 
 def _check_linear(hyper: Hyper, world: World, name: str) -> None:
@@ -529,7 +530,8 @@ def linear_thompson(hyper: Hyper, world: World) -> Policy:
 
     Model: q = x'w_k + eps, eps ~ N(0, lin_noise_k), w_k ~ N(lin_mean_k, lin_cov_k) (conjugate, known noise).
     Decision: only x'w_k matters, and it is exactly N(x'm_k, x'S_k x): draw that scalar per arm,
-    pi_k = clip(x'm_k + sqrt(x'S_k x) z_k, 0, 1), arm = argmax_k pi_k - lam*pred_cost_k - gam*pred_unc_k, except
+    pi_k = clip(x'm_k + sqrt(x'S_k x) z_k, 0, 1), arm = argmax_k pi_k - lam*pred_cost_k - gam*pred_unc_k (ties
+    among equal utilities, e.g. two draws clipped to 1 at lam = 0, go to the larger unclipped draw), except
     with probability eps_t = max(min_explore, explore_decay**t) a uniformly random available arm (as `thompson`;
     min_explore = explore_decay = 0 for pure Thompson). Update: the chosen arm's rank-one step
     (`formulas.linear_update`). Priors (cold / family / warm) come from `bandit_sim.sim.linear.linear_prior`.
@@ -547,15 +549,17 @@ def linear_thompson(hyper: Hyper, world: World) -> Policy:
         seeds = sampling.noise_seeds(key, (n,))
         ug = jax.vmap(lambda sd: sampling.seed_uniforms(sd, (k + 1,), _COIN_STREAM))(seeds)
         z = jax.vmap(lambda sd: sampling.seed_normals(sd, (k,), _GAUSS_STREAM))(seeds)
-        return LinDraws(jnp.zeros((n, k), jnp.float32), z, ug[:, 0], ug[:, 1:])
+        zero = jnp.zeros((n, k), jnp.float32)
+        return LinDraws(zero, z, ug[:, 0], ug[:, 1:], zero)
 
     def sample(state: LinState, nz: LinDraws, key, ctx: Context):
         m, v, _ = formulas.linear_moments(ctx.x, state.mean, state.cov)
-        return nz._replace(pi=formulas.linear_draw(m, v, nz.z))
+        pi, raw = formulas.linear_draw(m, v, nz.z)
+        return nz._replace(pi=pi, raw=raw)
 
     def choose(state, d: LinDraws, ctx: Context):
         eps = formulas.explore_rate(ctx.t, hyper.explore_decay, hyper.min_explore)
-        greedy = _argmax(_utility(d.pi, ctx, hyper))
+        greedy = formulas.argmax_ties_by(_utility(d.pi, ctx, hyper), d.raw)
         return jnp.where(d.u < eps, _random_arm(d.g, ctx.avail), greedy)
 
     return Policy(_lin_init(hyper), noise, sample, choose, _lin_update(hyper))
@@ -578,11 +582,12 @@ def linucb(hyper: Hyper, world: World) -> Policy:
 
     def noise(key, n):
         z = jnp.zeros((n, k), jnp.float32)
-        return LinDraws(z, z, jnp.zeros((n,), jnp.float32), z)
+        return LinDraws(z, z, jnp.zeros((n,), jnp.float32), z, z)
 
     def sample(state: LinState, nz: LinDraws, key, ctx: Context):
         m, v, _ = formulas.linear_moments(ctx.x, state.mean, state.cov)
-        return nz._replace(pi=m + hyper.ucb_c * jnp.sqrt(v))
+        idx = m + hyper.ucb_c * jnp.sqrt(v)
+        return nz._replace(pi=idx, raw=idx)
 
     def choose(state, d: LinDraws, ctx: Context):
         return _argmax(_utility(d.pi, ctx, hyper))

@@ -157,9 +157,11 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
                     z, u, g = rng.standard_normal(k).astype(F), F(rng.random()), rng.random(k).astype(F)
                 else:
                     z, u, g = draw(t, "z"), draw(t, "u"), draw(t, "g")
-                pi = np.clip(mean_x + np.sqrt(var_x) * z, F(0), F(1)).astype(F)
+                raw = (mean_x + np.sqrt(var_x) * z).astype(F)
+                pi = np.clip(raw, F(0), F(1)).astype(F)
                 eps = max(h["min_explore"], F(h["explore_decay"] ** F(t)))
-                arm = _random_arm(g, avail) if u < eps else int(np.argmax(util(pi)))
+                uu = util(pi)  # ties among equal utilities: the larger unclipped draw (formulas.argmax_ties_by)
+                arm = _random_arm(g, avail) if u < eps else int(np.argmax(np.where(uu == uu.max(), raw, -np.inf)))
         elif policy == "random":
             g = rng.random(k).astype(F) if draws is None else np.asarray(draws)[t]
             arm = _random_arm(g, avail)
