@@ -61,7 +61,6 @@ def test_thompson_learns_and_converges(world):
     r, _ = simulate(world, jax.random.key(4), h, policy="random", episodes=32, steps=1500, chunk=50)
     assert float(m.regret.mean()) < 0.3 * float(r.regret.mean())
     assert float(np.mean(m.converged)) > 0.5
-    assert np.all(np.asarray(m.regret) >= -1e-3)
 
 
 def test_bad_arguments(world):
@@ -117,3 +116,51 @@ def test_million_step_episode_stays_finite_and_exact():
     assert np.asarray(m.choices).sum(-1).tolist() == [steps, steps]
     np.testing.assert_allclose(np.asarray(m.reward), 0.3 * steps, rtol=1e-6)
     assert np.all(np.isfinite(np.asarray(m.regret)))
+
+
+def test_simulate_refuses_inputs_that_would_hang_or_learn_garbage():
+    """Non-finite quality (the exact sampler never accepts a NaN shape), a query with no model available at step 0
+    (argmax of all -inf picked arm 0 and learnt a fake reward), categories beyond n_categories (NaN draws), a
+    device count that does not divide E: each named at once. A Python-float lam is accepted."""
+    w, _ = toy_world(n=20, k=3, seed=0, bernoulli=False)
+    h = default_hyper(3)
+    q = np.array(w.quality)
+    q[3, 1] = np.nan
+    with pytest.raises(ValueError, match="World.quality: query row 3, model column 1 is not finite"):
+        simulate(w._replace(quality=q), jax.random.key(0), h, episodes=2, steps=5)
+    late, _ = toy_world(n=20, k=3, seed=0, bernoulli=False, arrival_step=[0, 0, 10])
+    mask = np.array(late.mask)
+    mask[0] = [False, False, True]
+    bad = late._replace(mask=mask, quality=np.where(mask, late.quality, 0).astype(np.float32))
+    with pytest.raises(ValueError, match=r"query rows \[0\] have no model available from step 0"):
+        simulate(bad, jax.random.key(0), h, episodes=2, steps=5)
+    cat = w._replace(category=(np.arange(20) % 3).astype(np.int32))
+    with pytest.raises(ValueError, match="category goes up to 2 but options n_categories = 2"):
+        simulate(cat, jax.random.key(0), h, policy="contextual_thompson", episodes=2, steps=5,
+                 options={"n_categories": 2})
+    with pytest.raises(ValueError, match="hyper.prior_alpha has non-finite"):
+        simulate(w, jax.random.key(0), h._replace(prior_alpha=np.full(3, np.nan, np.float32)), episodes=2, steps=5)
+    if len(jax.local_devices()) >= 2:  # CPU runs have one device unless XLA_FLAGS asks for more
+        with pytest.raises(ValueError, match="does not divide episodes"):
+            simulate(w, jax.random.key(0), h, episodes=3, steps=5, devices=2)
+    m, _ = simulate(w, jax.random.key(0), h._replace(lam=0.3), episodes=2, steps=5)  # a Python float
+    assert np.asarray(m.choices).sum() == 10
+
+
+@pytest.mark.parametrize("impl", ["generic", "batched"])
+def test_exact_sampler_returns_nan_for_a_nan_shape_instead_of_looping(impl):
+    """A NaN Beta parameter reaching the sampler directly (past the checks) gives a NaN draw, not an endless loop."""
+    import jax.numpy as jnp
+
+    from bandit_sim.sim import batched, sampling
+
+    seed = jnp.array([1, 2], jnp.uint32)
+    shapes = jnp.array([[[0.5], [np.nan], [3.0]], [[2.0], [1.0], [np.inf]]], jnp.float32)  # (M=2, K=3, E=1)
+    if impl == "generic":
+        out = jax.jit(sampling.log_gamma_from_seed, static_argnums=2)(shapes, seed, 1)
+    else:
+        lanes = jnp.array([0, 3], jnp.uint32)[:, None, None] + jnp.arange(3, dtype=jnp.uint32)[None, :, None]
+        out = jax.jit(batched._log_gammas)(jnp.int32(0), shapes, lanes, seed[:1], seed[1:])
+    out = np.asarray(out)
+    assert np.isnan(out[0, 1, 0]) and not np.isfinite(out[1, 2, 0])
+    assert np.isfinite(out[0, 0, 0]) and np.isfinite(out[0, 2, 0]) and np.isfinite(out[1, :2, 0]).all()

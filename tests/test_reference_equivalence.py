@@ -42,6 +42,9 @@ def _check(w, h, policy, opts, reward="observed"):
         ref = run_reference(policy, w, h, np.asarray(tr.query[e]), draws=d, options=opts, reward=reward,
                             u_reward=np.asarray(tr.u_reward[e]))
         np.testing.assert_array_equal(np.asarray(tr.arm[e]), ref["arm"], err_msg=f"{policy} arms, episode {e}")
+        if hasattr(d, "a"):  # the twin takes the kernel's Beta draws: its own posterior must be the one they came from
+            np.testing.assert_allclose(ref["alpha_beta_t"], np.stack([d.a, d.b], 1), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{policy} Beta posterior, episode {e}")
         np.testing.assert_array_equal(np.asarray(m.choices[e]), ref["choices"])
         np.testing.assert_allclose(np.asarray(tr.reward[e]), ref["reward_t"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(tr.regret[e]), ref["regret_t"], rtol=1e-5, atol=1e-6)

@@ -136,7 +136,7 @@ def _route_jit(hyper: Hyper, family, prices, pstate, k_noise, k_fb, t0, avail, p
 
     def one(t, nz_t, pc, pu, xq):
         ctx = _ctx(t, avail, pc, pu, xq)
-        draws = pol.sample(pstate, nz_t, k_fb, ctx)
+        draws = pol.sample(pstate, nz_t, jax.random.fold_in(k_fb, t), ctx)  # the kernel's per-step key
         arm = pol.choose(pstate, draws, ctx)
         if hasattr(draws, "pi"):
             pi = draws.pi

@@ -123,8 +123,10 @@ def _log_gammas(t, shapes, lanes, s0, s1):
         y0, y1 = sampling.threefry2x32(s0, s1, lane, j)
         return _mt_nan(d, jax.lax.rsqrt(9.0 * d), sampling.normal_from_bits(y0), sampling.log_uniform_from_bits(y1))
 
+    finite = jnp.isfinite(d)  # a non-finite shape never accepts: its draw stays NaN (sampling.log_gamma_from_noise)
+
     def first_rejected(val):  # (M, E) row of the first rejected arm of every episode, k when none
-        return jnp.min(jnp.where(jnp.isnan(val), rows, k), 1)
+        return jnp.min(jnp.where(jnp.isnan(val) & finite, rows, k), 1)
 
     def next_proposal(carry):
         # the first rejected arm of every episode (in each array) tries its next proposal; j counts the

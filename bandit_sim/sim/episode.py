@@ -25,7 +25,9 @@ class Metrics(NamedTuple):
     reward: jax.Array  # (..., E) float32 total reward
     quality: jax.Array  # (..., E) float32 total observed quality of chosen arms
     cost: jax.Array  # (..., E) float32 total normalised realised cost
-    regret: jax.Array  # (..., E) float32 cumulative pseudo-regret
+    regret: jax.Array  # (..., E) float32 cumulative pseudo-regret: against the best available arm by its mean
+    # quality over the World minus its cost terms (formulas.hindsight_mean), not the per-query oracle; the
+    # experiments compute the named regrets (per-query oracle, best fixed model) in experiments.metrics
     choices: jax.Array  # (..., E, K) int32 pulls per arm
     convergence: jax.Array  # (..., E) int32 convergence time (steps)
     converged: jax.Array  # (..., E) bool
@@ -68,7 +70,7 @@ class EpisodeKeys(NamedTuple):
 
     order: jax.Array  # query order (`episode_order`)
     noise: jax.Array  # policy noise of chunk c: pol.noise(fold_in(noise, c), chunk)
-    fallback: jax.Array  # exact Beta sampler's fallback key (folded with the step index)
+    fallback: jax.Array  # the key `sample` gets at step t is fold_in(fallback, t) (unused by today's policies)
     reward: jax.Array  # Bernoulli reward uniforms of chunk c: fold_in(reward, c)
 
 

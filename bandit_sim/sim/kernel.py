@@ -54,7 +54,7 @@ def _episode(hyper: Hyper, world: World, key, conv_threshold, *, policy, options
         ctx = Context(t=t, avail=avail, pred_cost=pred_cost, pred_unc=pred_unc, features=feats,
                       category=cat, quality=qual, cost=cost, x=x)
         # select
-        draws = pol.sample(pstate, nz, k_fb, ctx)
+        draws = pol.sample(pstate, nz, jax.random.fold_in(k_fb, t), ctx)  # a fresh key per step
         arm = pol.choose(pstate, draws, ctx)
         # observe (one-hot sums instead of batched gathers)
         hot = arange_k == arm

@@ -9,7 +9,8 @@ A policy is made by a factory ``make(hyper, world, **static)`` and has five pure
     state = update(state, arm, reward, ctx)
 
 Splitting `noise` from `sample` lets the kernel draw all proposals for a chunk of steps in bulk, outside
-the sequential dependency; `key` in `sample` is only used by the exact sampler's rare fallback. A NumPy
+the sequential dependency; `key` in `sample` is a fresh per-step key (fold_in(fallback, t)) that no policy
+needs today (the exact sampler's rare fallback derives its proposals from the step's own seed in `noise`). A NumPy
 reference fed the same `draws` must choose the same arms (bandit_sim/sim/reference.py).
 
 Utility (every utility-aware policy): U_i = pi_i - lam * pred_cost_i - gam * pred_unc_i, with pi_i the
@@ -243,6 +244,8 @@ class TSDraws(NamedTuple):
     pi: jax.Array  # (K,) sampled success probabilities
     u: jax.Array  # () exploration coin
     g: jax.Array  # (K,) random-arm uniforms
+    a: jax.Array  # (K,) the Beta posterior alpha the draw came from (recorded so the NumPy twin checks its own)
+    b: jax.Array  # (K,) the Beta posterior beta
 
 
 def thompson(hyper: Hyper, world: World, *, sampler: str = "exact", n_candidates: int = 3,
@@ -281,8 +284,8 @@ def thompson(hyper: Hyper, world: World, *, sampler: str = "exact", n_candidates
     def sample(state: BetaState, nz: TSNoise, key, ctx: Context):
         a, b = _alpha_beta(state, ctx.category if contextual else 0)
         if sampler == "exact":
-            return TSDraws(sampling.beta_from_noise(a, b, nz.beta, nz.seed), nz.u, nz.g)
-        return TSDraws(sampling.beta_gaussian(nz.g[k:], a, b), nz.u, nz.g[:k])
+            return TSDraws(sampling.beta_from_noise(a, b, nz.beta, nz.seed), nz.u, nz.g, a, b)
+        return TSDraws(sampling.beta_gaussian(nz.g[k:], a, b), nz.u, nz.g[:k], a, b)
 
     def choose(state, d: TSDraws, ctx: Context):
         eps = formulas.explore_rate(ctx.t, hyper.explore_decay, hyper.min_explore)

@@ -94,6 +94,7 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
     out_arm = np.zeros(steps, np.int64)
     out_r = np.zeros(steps, F)
     out_inst = np.zeros(steps, F)
+    out_ab = np.full((steps, 2, k), np.nan, F)  # the Beta posterior each Thompson draw came from (NaN otherwise)
 
     def draw(t, name):
         return None if draws is None else np.asarray(getattr(draws, name) if hasattr(draws, name) else draws)[t]
@@ -115,6 +116,7 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
         # select
         if policy in ("thompson", "contextual_thompson"):
             a, b = alpha_beta()
+            out_ab[t] = a, b
             if draws is None:
                 if options.get("sampler", "exact") == "exact":
                     pi = rng.beta(a, b).astype(F)
@@ -219,6 +221,6 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
             last_above = t
         out_arm[t], out_r[t], out_inst[t] = arm, r, inst
 
-    return dict(arm=out_arm, reward_t=out_r, regret_t=out_inst, reward=sums[0], quality=sums[1], cost=sums[2],
-                regret=sums[3], choices=choices, convergence=last_above + 1, converged=last_above < steps - 1,
-                state=dict(n=n, s=s, prior_a=prior_a, prior_b=prior_b, lin_mean=lin_m, lin_cov=lin_S))
+    return dict(arm=out_arm, reward_t=out_r, regret_t=out_inst, alpha_beta_t=out_ab, reward=sums[0], quality=sums[1],
+                cost=sums[2], regret=sums[3], choices=choices, convergence=last_above + 1,
+                converged=last_above < steps - 1, state=dict(n=n, s=s, prior_a=prior_a, prior_b=prior_b, lin_mean=lin_m, lin_cov=lin_S))

@@ -250,7 +250,9 @@ def log_gamma_from_noise(shape_param: jax.Array, noise: GammaNoise, seed: jax.Ar
     c = jax.lax.rsqrt(9.0 * d)
     n_candidates = noise.x.shape[0]
     val = jnp.zeros_like(d)
-    done = jnp.zeros(d.shape, bool)
+    # a lane with a non-finite shape (NaN prior or reward upstream) can never accept: it is done at once and its
+    # draw is NaN, instead of looping forever
+    done = ~jnp.isfinite(d)
     # first accepted proposal wins: try proposals from the last to the first
     for j in range(n_candidates - 1, -1, -1):
         acc, v = _mt_candidate(d, c, noise.x[j], noise.log_u[j])

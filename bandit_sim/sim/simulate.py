@@ -19,8 +19,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from bandit_sim.sim import batched, batched_linear, kernel
 from bandit_sim.sim.episode import Metrics, Trajectory, chunk_length
-from bandit_sim.sim.policies import Hyper, resolve_policy
-from bandit_sim.sim.world import World
+from bandit_sim.sim.policies import Hyper, contextual_thompson, resolve_policy
+from bandit_sim.sim.world import World, validate_world
 
 __all__ = ["simulate", "lower_simulate", "TRACE_COUNT", "IMPLS"]
 
@@ -68,6 +68,27 @@ def _simulate_impl(world, key, hyper, conv_threshold, *, policy, options, episod
 _simulate_jit = jax.jit(_simulate_impl, static_argnames=_STATIC)
 
 
+def _check_inputs(world: World, hyper: Hyper, policy, options: dict) -> None:
+    """Refuse, with the field named, what would make the kernel loop forever or learn garbage: a World that fails
+    `validate_world` (non-finite quality, a query with no model available from step 0, ...), non-finite or
+    non-positive priors, and category indices beyond the contextual policy's n_categories."""
+    if any(isinstance(x, jax.core.Tracer) for x in (*world, *hyper)):
+        return  # inside a trace: the caller's concrete inputs were checked (or are theirs to check)
+    validate_world(world)
+    for name, x in hyper._asdict().items():
+        a = np.asarray(x)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"simulate: hyper.{name} has non-finite values")
+    for name in ("prior_alpha", "prior_beta", "lin_noise"):
+        if np.any(np.asarray(getattr(hyper, name)) <= 0):
+            raise ValueError(f"simulate: hyper.{name} must be > 0")
+    if policy is contextual_thompson or options.get("contextual"):
+        n_cat, top = int(options.get("n_categories", 1)), int(np.max(np.asarray(world.category)))
+        if top >= n_cat:
+            raise ValueError(f"simulate: World.category goes up to {top} but options n_categories = {n_cat} "
+                             f"(contextual_thompson needs n_categories > every category index)")
+
+
 def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajectories, conv_threshold,
              conv_window, options, devices, impl="auto"):
     policy = resolve_policy(policy)
@@ -87,6 +108,8 @@ def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajecto
     for name, v in (("episodes", episodes), ("steps", steps), ("chunk", chunk), ("conv_window", conv_window)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"simulate: {name} must be a positive int, got {v!r}")
+    hyper = Hyper(*(jnp.asarray(x, jnp.float32) for x in hyper))  # Python floats welcome
+    _check_inputs(world, hyper, policy, dict(options))
     if hyper.lam.ndim not in (0, 1):
         raise ValueError(f"simulate: hyper.lam must be a scalar or a 1-D grid, got shape {hyper.lam.shape}")
     k = world.quality.shape[1]
@@ -97,6 +120,9 @@ def _prepare(world, key, hyper, policy, episodes, steps, chunk, reward, trajecto
     if not 1 <= n_dev <= n_local:
         raise ValueError(f"simulate: devices={devices} but {n_local} local devices")
     if episodes % n_dev:
+        if devices is not None:
+            raise ValueError(f"simulate: devices={devices} does not divide episodes={episodes} (shard E evenly, or "
+                             "leave devices=None to use the most devices that do)")
         n_dev = math.gcd(episodes, n_dev)
     chunk = chunk_length(steps, chunk)
     world = World(*(jnp.asarray(a) for a in world))

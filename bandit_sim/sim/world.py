@@ -86,7 +86,12 @@ def validate_world(w: World) -> None:
             raise ValueError(f"World.{name} has shape {np.shape(getattr(w, name))}, expected ({k},)")
     if np.shape(w.prices) != (k, 2):
         raise ValueError(f"World.prices has shape {np.shape(w.prices)}, expected ({k}, 2)")
-    q = np.asarray(w.quality)[np.asarray(w.mask)]
+    quality = np.asarray(w.quality)
+    if not np.all(np.isfinite(quality)):
+        r, c = (int(i) for i in np.argwhere(~np.isfinite(quality))[0])
+        raise ValueError(f"World.quality: query row {r}, model column {c} is not finite (set unavailable cells to 0 "
+                         "and mask them)")
+    q = quality[np.asarray(w.mask)]
     if not np.all((q >= 0) & (q <= 1)):
         raise ValueError("World.quality must lie in [0, 1] where mask is True")
     for name in ("cost", "pred_cost", "pred_unc"):
@@ -95,6 +100,12 @@ def validate_world(w: World) -> None:
             raise ValueError(f"World.{name} must be finite and >= 0")
     if not np.all(np.asarray(w.mask).any(axis=1)):
         raise ValueError("World.mask: every query needs at least one available model")
+    # any query may come at step 0, where only the models with arrival_step <= 0 may be chosen
+    early = np.asarray(w.mask) & (np.asarray(w.arrival_step) <= 0)[None, :]
+    if not np.all(early.any(axis=1)):
+        rows = np.flatnonzero(~early.any(axis=1))
+        raise ValueError(f"World.mask/arrival_step: query rows {rows[:5].tolist()}{' ...' if rows.size > 5 else ''} "
+                         "have no model available from step 0 (each query needs one model with arrival_step 0)")
 
 
 def pivot_index(table, split: str | None = "test") -> tuple[list[str], list[str]]:
