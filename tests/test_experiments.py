@@ -76,6 +76,25 @@ def test_select_models_and_prepare_refuse_token_only_data():
         prepare("arenahard", tokens="standin")
 
 
+def test_prepare_gives_every_split_the_training_cost_unit():
+    """Validation and test Worlds share one cost scale, the training split's: a lambda chosen on validation means the
+    same on test, and no unit comes from the test data. Each split's own unit would differ here (checked)."""
+    from bandit_sim.experiments.protocol import training_cost_scale
+    from bandit_sim.sim.world import world_from_table
+
+    rd = _small_synthetic()
+    setup = prepare(rd, tokens="standin")
+    scale = training_cost_scale(rd)
+    assert setup.infos["val"].cost_scale == setup.infos["test"].cost_scale == pytest.approx(scale, rel=1e-12)
+    own = [world_from_table(rd.table, split=s)[1].cost_scale for s in ("val", "test")]
+    assert own[0] != own[1] and scale not in own  # the bug: each split computed its own unit
+    w, info = setup.worlds["test"], setup.infos["test"]
+    t = rd.table[rd.table["split"] == "test"]
+    # the World's normalised realised cost is USD / the training unit
+    usd = t.pivot(index="prompt_id", columns="model", values="cost_usd").loc[list(info.prompt_ids), list(info.models)]
+    np.testing.assert_allclose(np.asarray(w.cost, np.float64), usd.to_numpy() / scale, rtol=1e-5)
+
+
 def test_sweep_resumes_from_checkpoint_with_identical_results(tmp_path):
     rd = _small_synthetic()
     lams, gams = parse_range("0:1:3", "lam"), parse_range("0,0.5", "gam")

@@ -1,8 +1,8 @@
 """`bandit-sim compare`: every baseline and the Thompson routers side by side, through the same kernel.
 
 Protocol (DESIGN.md):
-- Worlds are built from the validation and test splits; the token model (or the stand-in) and the MF router
-  are fit on the training split only.
+- Worlds are built from the validation and test splits, in one cost unit taken from the training split
+  (`training_cost_scale`); the token model (or the stand-in) and the MF router are fit on the training split only.
 - An episode routes every test query once, in its own random order (T = N_test), so per-episode totals are
   directly comparable with the dataset's always-premium / oracle figures. All policies share the episode keys
   (common random numbers), so differences are paired across episodes.
@@ -73,7 +73,7 @@ def _token_predictions(rd: RoutingData, splits, seed: int, method: str, quick: b
 
 def prepare(data: str | RoutingData, *, seed: int = 0, tokens: str = "hierarchical", quick: bool = False,
             splits=("val", "test"), arrival: dict[str, int] | None = None) -> Setup:
-    """Load data, fit the token model on train and build the val/test Worlds.
+    """Load data, fit the token model on train and build the val/test Worlds, all in the training split's cost unit.
 
     Args:
       data: dataset name or path, or a loaded RoutingData (must have a quality signal).
@@ -93,9 +93,12 @@ def prepare(data: str | RoutingData, *, seed: int = 0, tokens: str = "hierarchic
         if (rd.table["split"] == s).sum() == 0:
             raise ValueError(f"dataset {data!r} has no {s!r} split rows; routing experiments need train/val/test")
     preds, source, fit_info = _token_predictions(rd, splits, seed, tokens, quick)
+    # one cost unit for every split, from the training split (as `prepare_fold`): a lambda chosen on validation means
+    # the same on test, and no split's unit is computed from its own (test) data
+    scale = training_cost_scale(rd)
     worlds, infos = {}, {}
     for s in splits:
-        w, info = world_from_table(rd.table, split=s, pred=preds[s], arrival=arrival)
+        w, info = world_from_table(rd.table, split=s, pred=preds[s], arrival=arrival, cost_scale=scale)
         worlds[s], infos[s] = w, info
     notes = list(rd.notes) + [f"predicted cost and uncertainty: {source}"] + list(infos[splits[-1]].notes)
     return Setup(rd, worlds, infos, source, fit_info, notes)
