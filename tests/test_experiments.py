@@ -111,6 +111,10 @@ def test_sweep_resumes_from_checkpoint_with_identical_results(tmp_path):
         run_sweep(rd, tmp_path / "resumed", lams, gams, **{**kw, "episodes": 5})
     assert (tmp_path / "resumed" / "checkpoint.npz").exists()
     assert (tmp_path / "full" / "heatmaps.png").exists() and (tmp_path / "full" / "pareto.png").exists()
+    # the regret heatmap's reference is named, in the metrics and the report
+    ref = json.loads((tmp_path / "full" / "metrics.json").read_text())["regret_reference"]
+    assert "qbar_i" in ref and "pred_cost" in ref and "not comparable across lam" in ref
+    assert ref in (tmp_path / "full" / "report.md").read_text()
 
 
 def test_sweep_checkpoint_from_other_code_is_moved_aside(tmp_path, monkeypatch):
