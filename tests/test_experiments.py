@@ -111,6 +111,15 @@ def test_sweep_resumes_from_checkpoint_with_identical_results(tmp_path):
         run_sweep(rd, tmp_path / "resumed", lams, gams, **{**kw, "episodes": 5})
     assert (tmp_path / "resumed" / "checkpoint.npz").exists()
     assert (tmp_path / "full" / "heatmaps.png").exists() and (tmp_path / "full" / "pareto.png").exists()
+    # always-premium, the reference of retention and cost reduction, is the metrics module's premium model
+    from bandit_sim.experiments import metrics as M
+
+    g = rd.split("train").groupby("model")
+    prem = M.premium_model(g["quality"].mean().reindex(full["models"]).to_numpy(),
+                           g["cost_usd"].mean().reindex(full["models"]).to_numpy())
+    assert full["premium_model"] == full["models"][prem]
+    b = full["baselines"]["always_premium"]
+    assert b["quality_retention"] == pytest.approx(1.0) and b["cost_reduction"] == pytest.approx(0.0, abs=1e-12)
     # the regret heatmap's reference is named, in the metrics and the report
     ref = json.loads((tmp_path / "full" / "metrics.json").read_text())["regret_reference"]
     assert "qbar_i" in ref and "pred_cost" in ref and "not comparable across lam" in ref
