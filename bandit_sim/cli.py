@@ -197,9 +197,15 @@ def _cmd_coldstart(args) -> int:
     def red(x) -> str:  # a reduction is undefined (NaN) where the reference regret is not positive
         return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
+    def p(x) -> str:  # episode-level p (conditional on these newcomers), and across newcomers where present
+        pn = x.get("p_value_newcomers")
+        return (f"p = {x['p_value']:.3g} over (newcomer, episode) units, conditional on these newcomers"
+                + ("" if "p_value_newcomers" not in x else
+                   f"; p = {'n/a' if pn is None or not math.isfinite(pn) else f'{pn:.3g}'} across newcomers"))
+
     print(f"wrote {args.out}/report.md: regret over the next 500 queries reduced by "
-          f"{red(r['regret_next_500_reduction'])} with the family prior (p = {r['p_value']:.3g}); linear Thompson on "
-          f"the query text: {red(lin['regret_next_500_reduction'])} (p = {lin['p_value']:.3g}); excess regret over "
+          f"{red(r['regret_next_500_reduction'])} with the family prior ({p(r)}); linear Thompson on "
+          f"the query text: {red(lin['regret_next_500_reduction'])} ({p(lin)}); excess regret over "
           f"the router that knows the newcomer reduced by {red(r['excess_regret_next_500_reduction'])} (Beta), "
           f"{red(lin['excess_regret_next_500_reduction'])} (linear)")
     return 0

@@ -76,6 +76,25 @@ def test_select_models_and_prepare_refuse_token_only_data():
         prepare("arenahard", tokens="standin")
 
 
+def test_prepare_gives_every_split_the_training_cost_unit():
+    """Validation and test Worlds share one cost scale, the training split's: a lambda chosen on validation means the
+    same on test, and no unit comes from the test data. Each split's own unit would differ here (checked)."""
+    from bandit_sim.experiments.protocol import training_cost_scale
+    from bandit_sim.sim.world import world_from_table
+
+    rd = _small_synthetic()
+    setup = prepare(rd, tokens="standin")
+    scale = training_cost_scale(rd)
+    assert setup.infos["val"].cost_scale == setup.infos["test"].cost_scale == pytest.approx(scale, rel=1e-12)
+    own = [world_from_table(rd.table, split=s)[1].cost_scale for s in ("val", "test")]
+    assert own[0] != own[1] and scale not in own  # the bug: each split computed its own unit
+    w, info = setup.worlds["test"], setup.infos["test"]
+    t = rd.table[rd.table["split"] == "test"]
+    # the World's normalised realised cost is USD / the training unit
+    usd = t.pivot(index="prompt_id", columns="model", values="cost_usd").loc[list(info.prompt_ids), list(info.models)]
+    np.testing.assert_allclose(np.asarray(w.cost, np.float64), usd.to_numpy() / scale, rtol=1e-5)
+
+
 def test_sweep_resumes_from_checkpoint_with_identical_results(tmp_path):
     rd = _small_synthetic()
     lams, gams = parse_range("0:1:3", "lam"), parse_range("0,0.5", "gam")
@@ -92,6 +111,19 @@ def test_sweep_resumes_from_checkpoint_with_identical_results(tmp_path):
         run_sweep(rd, tmp_path / "resumed", lams, gams, **{**kw, "episodes": 5})
     assert (tmp_path / "resumed" / "checkpoint.npz").exists()
     assert (tmp_path / "full" / "heatmaps.png").exists() and (tmp_path / "full" / "pareto.png").exists()
+    # always-premium, the reference of retention and cost reduction, is the metrics module's premium model
+    from bandit_sim.experiments import metrics as M
+
+    g = rd.split("train").groupby("model")
+    prem = M.premium_model(g["quality"].mean().reindex(full["models"]).to_numpy(),
+                           g["cost_usd"].mean().reindex(full["models"]).to_numpy())
+    assert full["premium_model"] == full["models"][prem]
+    b = full["baselines"]["always_premium"]
+    assert b["quality_retention"] == pytest.approx(1.0) and b["cost_reduction"] == pytest.approx(0.0, abs=1e-12)
+    # the regret heatmap's reference is named, in the metrics and the report
+    ref = json.loads((tmp_path / "full" / "metrics.json").read_text())["regret_reference"]
+    assert "qbar_i" in ref and "pred_cost" in ref and "not comparable across lam" in ref
+    assert ref in (tmp_path / "full" / "report.md").read_text()
 
 
 def test_sweep_checkpoint_from_other_code_is_moved_aside(tmp_path, monkeypatch):
@@ -366,6 +398,19 @@ def test_coldstart_end_to_end(tmp_path):
         assert "excess_regret_next_500_reduction" in x and all("known" in v for v in x["per_family"].values())
     assert all(v["known_incumbent_priors_identical"] for v in lin["per_family"].values())
     assert "## Excess regret over the router that knows the newcomer" in (tmp_path / "report.md").read_text()
+    # both tests: over the (newcomer, episode) units (conditional on these newcomers) and across newcomers
+    for x, conds in ((m, ("family_prior", "flat_prior")), (lin, ("family_prior", "global_prior"))):
+        n_new = x["units"]["newcomers"]
+        assert x["n_newcomers_test"] == n_new == len(x["newcomer_test"]["mean_differences"])
+        d = [v[conds[0]]["regret_next_500"]["estimate"] - v[conds[1]]["regret_next_500"]["estimate"]
+             for v in x["per_family"].values()]
+        np.testing.assert_allclose(x["newcomer_test"]["mean_differences"], d, atol=1e-9)
+        assert x["p_value_newcomers"] is None or 0.0 <= x["p_value_newcomers"] <= 1.0
+        assert x["excess_n_newcomers_test"] == n_new
+        assert x["excess_newcomer_test"]["mean_differences"] == pytest.approx(x["newcomer_test"]["mean_differences"])
+        assert "conditional on these newcomers" in x["test"]["scope"] and "p_value_newcomers" in x["p_value_meaning"]
+    report = (tmp_path / "report.md").read_text()
+    assert "conditional on these" in report and "across newcomers" in report
 
 
 def test_coldstart_linear_priors_differ_only_in_the_newcomer():
@@ -489,3 +534,61 @@ def test_coldstart_reduction_is_undefined_where_the_reference_is_not_positive():
     r = rng.normal(0.02, 1.0, (4, 100))  # positive mean, but about half the replicates are <= 0
     red, ci = _reduction(f, r, np.random.default_rng(1))
     assert np.isfinite(red) == (r.mean() > 0) and np.isnan(ci).all()
+
+
+def test_coldstart_newcomer_level_test_is_not_the_episode_level_one():
+    """Episodes of one newcomer share its world: per-newcomer effects of opposite signs give a tiny p over the
+    (newcomer, episode) units (conditional on these newcomers) but a large one across newcomers (n = 4)."""
+    from scipy import stats as sps
+
+    from bandit_sim.experiments.coldstart import _paired
+
+    rng = np.random.default_rng(0)
+    effect = np.array([-3.0, -2.5, 1.0, 0.5])  # mean -1, but two newcomers gain and two lose
+    r = rng.normal(5.0, 1.0, (4, 100))
+    f = r + effect[:, None] + rng.normal(0.0, 0.1, (4, 100))
+    red, _, ttest, wil, across = _paired(f, r, np.random.default_rng(1), 0)
+    assert ttest.p_value < 1e-20 and wil.p_value < 1e-10 and ttest.n == 400
+    assert across["n"] == 4 and across["p_value"] > 0.2 and across["wilcoxon_p_value"] > 0.2
+    d = (f - r).mean(1)
+    np.testing.assert_allclose(across["mean_differences"], d)
+    assert across["p_value"] == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue, rel=1e-12)
+
+
+def test_coldstart_newcomer_level_test_matches_scipy_on_hand_made_means():
+    """The reviewer's RouterBench figures: per-newcomer mean differences 0, -2.395, -1.979, 0 -> t-test p = 0.18
+    (scipy on the 4 means), Wilcoxon (zeros dropped, n = 2) p = 0.5; undefined with one newcomer or no spread."""
+    from scipy import stats as sps
+
+    from bandit_sim.experiments.coldstart import _newcomer_test
+
+    means = np.array([0.0, -2.395, -1.979, 0.0])
+    wiggle = np.tile([0.5, -0.5], 50)  # mean exactly 0 per newcomer
+    r = np.full((4, 100), 3.0)
+    f = r + means[:, None] + np.where(means[:, None] != 0, wiggle[None], 0.0)
+    t = _newcomer_test(f, r)
+    np.testing.assert_allclose(t["mean_differences"], means, atol=1e-12)
+    assert t["p_value"] == pytest.approx(sps.ttest_1samp(means, 0.0).pvalue, rel=1e-9)
+    assert t["p_value"] == pytest.approx(0.18456, abs=1e-4) and t["n"] == 4
+    assert t["wilcoxon_p_value"] == pytest.approx(0.5) and t["wilcoxon_n"] == 2
+    assert np.isnan(_newcomer_test(f[:1], r[:1])["p_value"])  # one newcomer: nothing to generalise from
+    none = _newcomer_test(r, r)  # every difference 0
+    assert np.isnan(none["p_value"]) and np.isnan(none["wilcoxon_p_value"]) and none["n"] == 4
+
+
+def test_coldstart_headlines_give_both_p_values_and_read_old_metrics():
+    """The README lines: both tests side by side where the metrics have the test across newcomers; metrics written
+    before it (results/ until the stage reruns) keep their old line."""
+    from bandit_sim.experiments.pipeline import _heads_coldstart
+
+    ci = {"mean": 1.0, "ci95": [0.5, 1.5]}
+    cond = {"regret_next_500": ci, "identification_queries": ci}
+    r = {"family_prior": cond, "flat_prior": cond, "regret_next_500_reduction": 0.5,
+         "regret_next_500_reduction_ci95": [0.1, 0.7], "p_value": 7.3e-31,
+         "units": {"newcomers": 4, "episodes_per_newcomer": 100}}
+    old = _heads_coldstart(r)[0]
+    assert old.endswith("(paired p = 7.3e-31, 4 newcomers x 100 episodes)")
+    new = _heads_coldstart({**r, "p_value_newcomers": 0.1845, "n_newcomers_test": 4})[0]
+    assert ("paired p = 7.3e-31 over (newcomer, episode) units, conditional on these 4 newcomers; p = 0.18 across "
+            "newcomers (t-test on 4 newcomer means)") in new
+    assert "p = n/a across newcomers" in _heads_coldstart({**r, "p_value_newcomers": None, "n_newcomers_test": 1})[0]

@@ -209,3 +209,43 @@ def test_families_command_quick(tmp_path):
         assert shares == pytest.approx(1.0)
         assert isinstance(r["family_icc_agreement"]["intervals_overlap"], bool)
     assert (out / "arenabench.png").exists() and "Made by `bandit-sim " in (out / "report.md").read_text()
+
+
+def test_premium_reference_is_the_metrics_modules_not_the_most_expensive_model(tmp_path):
+    """The most expensive model is not the best: always-premium (the reference of retention, cost reduction and the
+    savings) is the metrics module's premium model (best training quality) in prepare, select_lambda and impact, not
+    the kernel policy's argmax of predicted cost; best single is metrics.best_fixed_model."""
+    from bandit_sim.experiments import metrics as M
+    from bandit_sim.experiments.protocol import prepare, select_lambda
+
+    costs = {"m-cheap": 0.001, "m-best": 0.004, "m-pricey": 0.02}
+    p_good = {"m-cheap": 0.6, "m-best": 0.9, "m-pricey": 0.5}
+    rng = np.random.default_rng(0)
+    rows = [{"prompt_id": f"q{i}", "model": m, "family": f"F{j}", "category": "x" if i % 3 else "y",
+             "quality": float(rng.uniform() < p_good[m]), "output_tokens": 10 * (j + 1), "input_tokens": 20,
+             "cost_usd": c, "prompt": f"question {i}", "order": i}
+            for i in range(150) for j, (m, c) in enumerate(costs.items())]
+    path = tmp_path / "world.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    rd = load_data(str(path))
+    setup = prepare(rd, tokens="standin")
+    models = list(setup.models)
+    g = rd.split("train").groupby("model")
+    truth = M.premium_model(g["quality"].mean().reindex(models).to_numpy(), g["cost_usd"].mean().reindex(models).to_numpy())
+    kernel_premium = int(np.argmax(np.asarray(setup.worlds["val"].pred_cost).mean(0)))
+    assert models[truth] == "m-best" and models[kernel_premium] == "m-pricey"  # the two definitions disagree here
+    assert setup.premium == truth and (setup.premium_arms("val") == truth).all()
+    # select_lambda's reference: the cheapest router saves 1 - 0.001 / 0.004 against m-best (not 1 - 0.001 / 0.02)
+    sel = select_lambda(setup.worlds["val"], setup.infos["val"], "cheapest", episodes=2, seed=0, gam=0.0,
+                        target_retention=0.0, premium_arms=setup.premium_arms("val"), lambdas=np.array([0.0, 1.0]))
+    assert sel["cost_reduction"] == pytest.approx(1 - 0.001 / 0.004, rel=1e-5)
+    q_val = np.asarray(setup.worlds["val"].quality, np.float64)
+    assert sel["retention"] == pytest.approx(q_val[:, models.index("m-cheap")].mean() / q_val[:, truth].mean(), rel=1e-5)
+    # impact: the premium model, its cost, and best single from the metrics module
+    m = run_impact(str(path), tmp_path / "impact", queries_per_day=1000, tokens="standin", quick=True, latency_ms=0.5,
+                   routers=["always_premium", "best_single", "cheapest"])
+    assert m["premium_model"] == "m-best"
+    assert m["routers"]["always_premium"]["monthly_cost_usd"]["estimate"] == pytest.approx(30 * 1000 * 0.004, rel=1e-5)
+    wt = setup.worlds["test"]
+    best = M.best_fixed_model(np.asarray(wt.quality), np.asarray(wt.cost), 0.3)  # no tuned router: lambda 0.3
+    assert m["best_single_model"] == models[best]

@@ -33,6 +33,19 @@ def test_premium_is_best_on_training_quality_ties_cheaper():
         M.premium_model([0.7, 0.8], [1.0, 3.0], models=["a", "b"], name="c")
 
 
+def test_premium_and_best_fixed_rankings_and_fixed_decisions_with_missing_answers():
+    """The rankings behind premium_model / best_fixed_model (their first entries), and a fixed router that falls back
+    down its ranking where its model has no answer."""
+    np.testing.assert_array_equal(M.premium_order([0.7, 0.8, 0.8], [1.0, 3.0, 2.0]), [2, 1, 0])
+    np.testing.assert_array_equal(M.best_fixed_order(Q, C), [2, 0, 1])  # 0.75; 0.5 at cost 4 before 0.5 at cost 8
+    assert M.best_fixed_order(Q, C, lam=0.1)[0] == M.best_fixed_model(Q, C, lam=0.1) == 0
+    mask = np.array([[1, 1, 1], [1, 1, 0], [0, 1, 0], [1, 1, 1]], bool)
+    np.testing.assert_array_equal(M.fixed_decisions(mask, [2, 0, 1]), [2, 0, 1, 2])
+    np.testing.assert_array_equal(M.fixed_decisions(np.ones((2, 3), bool), [1, 2]), [1, 1])
+    with pytest.raises(ValueError, match="no answer"):
+        M.fixed_decisions(mask, [2, 0])  # query 2: only model 1 answered, and it is not in the order
+
+
 def test_sweep_pgr_apgr_cpt():
     # a router that is random mixing: PGR = share -> APGR 0.5, CPT(50%) = 0.5
     share, pgr = M.sweep_pgr([0.25, 0.5, 0.75], [0.25, 0.5, 0.75], r_strong=1.0, r_weak=0.0)

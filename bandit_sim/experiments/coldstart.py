@@ -21,8 +21,17 @@ Protocol (DESIGN.md "Cold start"), for each family with at least two models, in 
   stays there (the one convergence rule of `metrics.convergence_time`; band at least 1/50 wide); the horizon if never.
 - Token error of the new model after n = 0, 10, 50, 100 observations of it (family prior vs global prior).
 - Uncertainty and tests paired over episodes and over newcomers: intervals from a bootstrap over newcomers, then
-  episodes within them; the p-value of the regret reduction from a paired t-test over the (newcomer, episode)
-  units (and a Wilcoxon signed-rank test beside it), at full precision.
+  episodes within them. Two tests of family vs reference, side by side, at full precision:
+  - conditional on these newcomers (``p_value``, ``test``, ``wilcoxon``): a paired t-test (and a Wilcoxon
+    signed-rank test) over the (newcomer, episode) units. The episodes of one newcomer share its world, so they are
+    not independent draws of "a newcomer": this is a fixed-effects test ("for these newcomers, does the family prior
+    reduce regret?"), valid only conditional on the newcomers studied; its p-value says nothing about new ones.
+  - across newcomers (``p_value_newcomers``, ``n_newcomers_test``, ``newcomer_test``): a one-sample t-test of the
+    per-newcomer mean differences (family - reference, mean over episodes) against 0, n = the number of newcomers
+    (and a Wilcoxon signed-rank test of them, zero differences dropped); NaN ("n/a") with fewer than 2 newcomers
+    or when the differences have no spread (all 0 included). This is the test that generalises to other newcomers
+    of the same kind; with one newcomer per family (4 on the bundled data) it has little power, and neither test nor
+    the bootstrap over so few newcomers supports much inference beyond the newcomers studied.
 
 The same study for linear Thompson sampling on the query text (policy ``linear_thompson``, metrics under
 ``"linear_thompson"``): the same newcomers, worlds, arrival, horizon, lambda, gamma, cost unit, episode streams and
@@ -43,8 +52,9 @@ router that already knows the newcomer as it knows the incumbents (the same epis
 prior is its posterior after its OWN training rows, Beta from its record or the exact linear posterior from its
 family prior and its rows; its token forecast from the token model fitted with its rows). Per (newcomer, episode),
 excess regret = regret(condition) - regret(known) over the next 100 and 500 queries; the reduction is
-1 - excess(family) / excess(reference). The paired test of family vs reference is the same test as on the raw
-regret (the known regret cancels in the difference); the reduction's denominator is what changes.
+1 - excess(family) / excess(reference). The paired tests of family vs reference (conditional on the newcomers and
+across newcomers) are the same tests as on the raw regret (the known regret cancels in the difference); the
+reduction's denominator is what changes.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from scipy import stats as sps
 from tqdm.auto import tqdm
 
 from bandit_sim.data.features import prompt_features
@@ -127,7 +138,12 @@ def _identification(is_new: np.ndarray, target: float) -> np.ndarray:
 
 
 def _hier_ci(x: np.ndarray, rng, b: int = 2000) -> dict:
-    """Mean of x (newcomers, episodes) with a 95% bootstrap interval over newcomers, then episodes within them."""
+    """Mean of x (newcomers, episodes) with a 95% bootstrap interval over newcomers, then episodes within them.
+
+    Resampling the newcomers carries their spread into the interval, but with a handful of newcomers (4 on the bundled
+    data) the newcomer draws take few distinct values and the interval is rough; it supports little inference beyond
+    the newcomers studied (see `_newcomer_test`).
+    """
     x = np.asarray(x, np.float64)
     n, e = x.shape
     pick_n = rng.integers(0, n, (b, n))
@@ -230,20 +246,69 @@ def _study(res: dict, conds: tuple[str, str], rng, seed: int) -> dict:
     summary = {c: {"regret_next_100": _hier_ci(res[c]["r100"], rng), "regret_next_500": _hier_ci(res[c]["r500"], rng),
                    "identification_queries": _hier_ci(res[c]["ident"], rng)} for c in conds}
     f500, r500 = res[fam_c]["r500"], res[ref_c]["r500"]
-    red, red_ci, ttest, wil = _paired(f500, r500, rng, seed)
+    red, red_ci, ttest, wil, across = _paired(f500, r500, rng, seed)
     n_new, n_ep = f500.shape
     return {**summary,
             "regret_next_500_reduction": red, "regret_next_500_reduction_ci95": red_ci,
-            "p_value": ttest.p_value, "test": ttest.as_dict(), "wilcoxon": wil.as_dict(),
+            "p_value": ttest.p_value, "test": {**ttest.as_dict(), "scope": SCOPE_UNITS},
+            "wilcoxon": {**wil.as_dict(), "scope": SCOPE_UNITS},
+            "p_value_newcomers": across["p_value"], "n_newcomers_test": across["n"], "newcomer_test": across,
+            "p_value_meaning": P_VALUE_MEANING,
             "units": {"newcomers": n_new, "episodes_per_newcomer": n_ep,
                       "mean_difference": float((f500 - r500).mean())}}
 
 
+SCOPE_UNITS = ("conditional on these newcomers: (newcomer, episode) units, whose episodes share their newcomer's world "
+               "(a fixed-effects test; it does not generalise to other newcomers)")
+SCOPE_NEWCOMERS = "across newcomers: the per-newcomer mean differences (family - reference), n = the newcomers"
+P_VALUE_MEANING = {
+    "p_value": "paired t-test of family vs reference over the (newcomer, episode) units, valid conditional on these "
+               "newcomers (for these newcomers, does the family prior reduce regret?); episodes of one newcomer share "
+               "its world, so it says nothing about other newcomers (test, wilcoxon: the same units)",
+    "p_value_newcomers": "one-sample t-test of the per-newcomer mean differences (family - reference) against 0, "
+                         "n = n_newcomers_test (newcomer_test: with a Wilcoxon signed-rank test of them); the test "
+                         "that generalises to other newcomers; NaN (null) with fewer than 2 newcomers or no spread in "
+                         "the differences (all 0 included)",
+}
+
+
+def _newcomer_test(f: np.ndarray, r: np.ndarray) -> dict:
+    """Family vs reference across newcomers: tests of the per-newcomer mean differences, n = the newcomers.
+
+    The (newcomer, episode) units of `paired_test` share their newcomer's world, so that test is conditional on the
+    newcomers studied; this one treats the newcomer as the unit (each contributes its mean difference over episodes),
+    the test that generalises to other newcomers.
+
+    Args:
+      f, r: (newcomers, episodes) family and reference outcomes on the same episode streams.
+    Returns:
+      dict: test, scope, n, mean_differences (per newcomer), mean_difference, statistic and p_value (two-sided
+      one-sample t-test against 0), wilcoxon_statistic, wilcoxon_p_value and wilcoxon_n (signed-rank test, zero
+      differences dropped). p-values are NaN with fewer than 2 newcomers; the t-test's also where the differences have
+      no spread (all 0 included), the Wilcoxon's where every difference is 0.
+    """
+    d = (np.asarray(f, np.float64) - np.asarray(r, np.float64)).mean(1)
+    n = int(d.size)
+    nan = float("nan")
+    out = {"test": "one-sample t (per-newcomer mean differences against 0)", "scope": SCOPE_NEWCOMERS, "n": n,
+           "mean_differences": [float(x) for x in d], "mean_difference": float(d.mean()) if n else nan,
+           "statistic": nan, "p_value": nan, "wilcoxon_statistic": nan, "wilcoxon_p_value": nan,
+           "wilcoxon_n": int(np.count_nonzero(d))}
+    if n >= 2 and np.ptp(d) > 1e-12 * max(1.0, float(np.abs(d).max())):
+        t = sps.ttest_1samp(d, 0.0, alternative="two-sided")
+        out.update(statistic=float(t.statistic), p_value=float(t.pvalue))
+    if n >= 2 and np.any(d != 0):
+        w = sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+        out.update(wilcoxon_statistic=float(w.statistic), wilcoxon_p_value=float(w.pvalue))
+    return out
+
+
 def _paired(f: np.ndarray, r: np.ndarray, rng, seed: int):
-    """Family vs reference over (newcomers, episodes) arrays: (reduction, its 95% CI, paired t-test, Wilcoxon)."""
+    """Family vs reference over (newcomers, episodes) arrays: (reduction, its 95% CI, paired t-test and Wilcoxon over
+    the (newcomer, episode) units -- conditional on these newcomers --, the tests across newcomers `_newcomer_test`)."""
     red, red_ci = _reduction(f, r, rng)
     return (red, red_ci, paired_test(f.ravel(), r.ravel(), "ttest", seed=seed),
-            paired_test(f.ravel(), r.ravel(), "wilcoxon", seed=seed))
+            paired_test(f.ravel(), r.ravel(), "wilcoxon", seed=seed), _newcomer_test(f, r))
 
 
 def _reduction(f: np.ndarray, r: np.ndarray, rng) -> tuple[float, list[float]]:
@@ -282,10 +347,12 @@ def _excess_study(res: dict, conds: tuple[str, str], rng, seed: int) -> dict:
            "excess_regret_next_100": {c: _hier_ci(ex[c]["r100"], rng) for c in conds},
            "excess_regret_next_500": {c: _hier_ci(ex[c]["r500"], rng) for c in conds}}
     f500, r500 = ex[fam_c]["r500"], ex[ref_c]["r500"]
-    red, red_ci, ttest, wil = _paired(f500, r500, rng, seed)
+    red, red_ci, ttest, wil, across = _paired(f500, r500, rng, seed)
     return {**out, "excess_regret_next_500_reduction": red, "excess_regret_next_500_reduction_ci95": red_ci,
-            "excess_p_value": ttest.p_value, "excess_test": ttest.as_dict(), "excess_wilcoxon": wil.as_dict(),
-            "excess_mean_difference": float((f500 - r500).mean())}
+            "excess_p_value": ttest.p_value, "excess_test": {**ttest.as_dict(), "scope": SCOPE_UNITS},
+            "excess_wilcoxon": {**wil.as_dict(), "scope": SCOPE_UNITS},
+            "excess_p_value_newcomers": across["p_value"], "excess_n_newcomers_test": across["n"],
+            "excess_newcomer_test": across, "excess_mean_difference": float((f500 - r500).mean())}
 
 
 def _per_family_excess(res: dict, conds: tuple[str, str], seed: int) -> dict:
@@ -310,7 +377,8 @@ def _per_family(res: dict, conds: tuple[str, str], model: str, seed: int) -> dic
                    "new_model_share": float(res[c]["share"].mean())} for c in conds},
             "regret_next_500_reduction": float(1.0 - f["r500"].mean() / fl["r500"].mean()) if fl["r500"].mean() > 0
             else float("nan"),
-            "regret_test": paired_test(f["r500"], fl["r500"], "ttest", seed=seed).as_dict()}
+            "regret_test": {**paired_test(f["r500"], fl["r500"], "ttest", seed=seed).as_dict(),
+                            "scope": "this newcomer only: a paired t-test over its episodes"}}
 
 
 def _same_arms(p, q, arms: np.ndarray) -> bool:
@@ -548,6 +616,21 @@ def _ci_txt(x: dict, nd: int = 2) -> str:
     return f"{x['mean']:.{nd}f} [{x['ci95'][0]:.{nd}f}, {x['ci95'][1]:.{nd}f}]"
 
 
+def _p(x) -> str:
+    """A p-value at 3 significant digits; "n/a" where it is undefined (None / NaN)."""
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3g}"
+
+
+TESTS_NOTE = ("Two tests of family vs reference stand side by side. The paired t-test (and Wilcoxon) over the "
+              "(newcomer, episode) units is conditional on these newcomers: the episodes of one newcomer share its "
+              "world, so they are not independent draws of a newcomer, and the test answers only \"for these "
+              "newcomers, does the family prior reduce regret?\". The test across newcomers takes each newcomer's mean "
+              "difference over its episodes as one unit (one-sample t-test, n = the number of newcomers; n/a with "
+              "fewer than 2 newcomers or no spread in the differences) and is the one that speaks to other newcomers; "
+              "with so few newcomers (one per family) it has little power, and neither it nor the bootstrap over "
+              "newcomers supports much inference beyond the newcomers studied.")
+
+
 def _linear_section(r: dict, lin: dict) -> list[str]:
     """The report's section on linear Thompson sampling: both routers side by side, then per newcomer."""
     f, fl, lf, lg = r["family_prior"], r["flat_prior"], lin["family_prior"], lin["global_prior"]
@@ -566,10 +649,17 @@ def _linear_section(r: dict, lin: dict) -> list[str]:
          _ci_txt(lg["identification_queries"], 0)]]))
     lines.append("")
     lines.append(md_table(["router", "reduction of regret over the next 500 (family vs reference prior)", "95% CI",
-                           "mean difference (family - reference)", "paired t-test p", "Wilcoxon p"], [
+                           "mean difference (family - reference)",
+                           "paired t-test p, (newcomer, episode) units: conditional on these newcomers",
+                           "Wilcoxon p, same units", "t-test p across newcomers (per-newcomer means)",
+                           "Wilcoxon p across newcomers"], [
         [name, fmt(x["regret_next_500_reduction"]), interval(x["regret_next_500_reduction_ci95"]),
-         f"{x['units']['mean_difference']:.3f}", f"{x['p_value']:.3g}", f"{x['wilcoxon']['p_value']:.3g}"]
+         f"{x['units']['mean_difference']:.3f}", _p(x["p_value"]), _p(x["wilcoxon"]["p_value"]),
+         f"{_p(x['p_value_newcomers'])} (n = {x['n_newcomers_test']})",
+         _p(x["newcomer_test"]["wilcoxon_p_value"])]
         for name, x in (("Beta Thompson (family vs flat)", r), ("linear Thompson (family vs global)", lin))]))
+    lines += ["", "The two scopes of the tests as in the summary: over the (newcomer, episode) units, conditional on "
+              "these newcomers; across newcomers, the test that speaks to other newcomers."]
     lines += ["", "Per newcomer (linear Thompson): the newcomer's prior predictive quality on the test queries "
               "(mean of x'm and of sqrt(x'Sx)) beside its observed mean test quality, and the fit's scales "
               "(tau: per-weight sd of a family around the global weights, of a model around its family's).", ""]
@@ -584,7 +674,7 @@ def _linear_section(r: dict, lin: dict) -> list[str]:
                      f"{v['fit'].get('tau_global_bias', float('nan')):.4f} / {v['fit']['tau_global']:.4f}",
                      v["family_prior"]["new_model_share"], v["global_prior"]["new_model_share"]])
     lines.append(md_table(["family", "new model", "full-knowledge share", "regret 500 (family)", "regret 500 (global)",
-                           "p (t-test)", "prior quality (family)", "prior quality (global)", "observed quality",
+                           "p (t-test over its episodes)", "prior quality (family)", "prior quality (global)", "observed quality",
                            "tau_family (bias / slopes)", "tau_global (bias / slopes)", "new-model share (family)",
                            "new-model share (global)"], rows))
     return lines + [""]
@@ -602,9 +692,10 @@ def _excess_section(r: dict, lin: dict | None) -> list[str]:
              "regrets. The third condition, *known*, is the same router on the same episode streams with the newcomer "
              "already known as the incumbents are (its posterior after its own training rows; its token forecast from "
              "the token model fitted with them). Excess regret = regret(condition) - regret(known), per (newcomer, "
-             "episode): what the newcomer's prior is responsible for. The paired test of family vs reference is the "
-             "same as on the raw regret (the known regret cancels in the difference); the reduction's denominator is "
-             "what changes.", ""]
+             "episode): what the newcomer's prior is responsible for. The tests of family vs reference (over the "
+             "(newcomer, episode) units, conditional on these newcomers, and across newcomers) are the same as on the "
+             "raw regret (the known regret cancels in the difference); the reduction's denominator is what changes.",
+             ""]
     rows = []
     for name, x, (fc, rc) in studies:
         rows.append([f"{name} ({fc.split('_')[0]} vs {rc.split('_')[0]})", _ci_txt(x["known"]["regret_next_500"]),
@@ -613,15 +704,17 @@ def _excess_section(r: dict, lin: dict | None) -> list[str]:
                      _ci_txt(x["excess_regret_next_500"][fc]), _ci_txt(x["excess_regret_next_500"][rc]),
                      f"**{fmt(x['excess_regret_next_500_reduction'])}** "
                      f"{interval(x['excess_regret_next_500_reduction_ci95'])}",
-                     f"{x['excess_p_value']:.3g}", f"{x['excess_wilcoxon']['p_value']:.3g}"])
+                     _p(x["excess_p_value"]), _p(x["excess_wilcoxon"]["p_value"]),
+                     f"{_p(x['excess_p_value_newcomers'])} (n = {x['excess_n_newcomers_test']})"])
     lines.append(md_table(["router", "regret 500 (known)", "regret 500 (family)", "regret 500 (reference)",
                            "excess 100 (family)", "excess 100 (reference)", "excess 500 (family)",
-                           "excess 500 (reference)", "reduction of excess 500 [95% CI]", "paired t-test p",
-                           "Wilcoxon p"], rows))
+                           "excess 500 (reference)", "reduction of excess 500 [95% CI]",
+                           "paired t-test p, (newcomer, episode) units: conditional on these newcomers",
+                           "Wilcoxon p, same units", "t-test p across newcomers (per-newcomer means)"], rows))
     lines += ["", "*Known* knows the newcomer as the incumbents are known, from the training split, not from the test "
               "means the reference ranks by: where a model's training mean is off its test mean, learning on the test "
               "stream can beat it, the excess is then negative, and a reduction is a ratio of small or negative "
-              "numbers (read the excess figures and the paired test beside it; a reduction is – where the reference's "
+              "numbers (read the excess figures and the paired tests beside it; a reduction is – where the reference's "
               "mean excess is not positive, its interval [n/a] where more than 2.5% of the bootstrap replicates have a "
               "reference mean <= 0). The newcomer's training and test mean "
               "quality are listed per newcomer.", "",
@@ -660,8 +753,11 @@ def _report(r: dict) -> str:
          _ci_txt(fl["identification_queries"], 0)]]))
     lines += ["", f"Regret over the next 500 queries: reduction **{fmt(r['regret_next_500_reduction'])}** "
               f"{interval(r['regret_next_500_reduction_ci95'])} with the family prior; paired t-test over the "
-              f"{r['units']['newcomers']} x {r['units']['episodes_per_newcomer']} (newcomer, episode) units: "
-              f"p = {r['p_value']:.3g} (Wilcoxon signed-rank p = {r['wilcoxon']['p_value']:.3g}).", "",
+              f"{r['units']['newcomers']} x {r['units']['episodes_per_newcomer']} (newcomer, episode) units, "
+              f"conditional on these {r['units']['newcomers']} newcomers: p = {_p(r['p_value'])} (Wilcoxon "
+              f"signed-rank p = {_p(r['wilcoxon']['p_value'])}); across newcomers (t-test on the "
+              f"{r['n_newcomers_test']} per-newcomer mean differences): p = {_p(r['p_value_newcomers'])} (Wilcoxon "
+              f"p = {_p(r['newcomer_test']['wilcoxon_p_value'])}).", "", TESTS_NOTE, "",
               "Regret is the pseudo-regret against the router that knows every model's mean quality (the same "
               "reference in both conditions).", ""]
     lin = r.get("linear_thompson")
@@ -677,7 +773,7 @@ def _report(r: dict) -> str:
                      v["flat_prior"]["identification_queries"]["estimate"], v["family_prior"]["new_model_share"],
                      v["flat_prior"]["new_model_share"]])
     lines.append(md_table(["family", "new model", "full-knowledge share", "regret 500 (family)", "regret 500 (flat)",
-                           "p (t-test)", "identification (family)", "identification (flat)",
+                           "p (t-test over its episodes)", "identification (family)", "identification (flat)",
                            "new-model share (family)", "new-model share (flat)"], rows))
     if r["skipped_families"]:
         lines += ["", f"Families with a single model (no family history to borrow) are skipped: "

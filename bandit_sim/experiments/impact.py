@@ -17,6 +17,11 @@ Two parts:
 - `run_impact(...)`: runs the routers through the compare protocol (`protocol.prepare`, `select_lambda` on the
   validation split, `run_policy` on the test split with trajectories; the fixed routers through the kernel's NumPy
   twin `sim.reference`, which needs no compilation), turns their choices into per-query cost and quality, measures the live router's per-query latency, and calls `project_monthly`.
+  The two baselines the savings are measured against are the metrics module's definitions, not the kernel's
+  policies of the same name: always-premium is `metrics.premium_model` (the best by training quality, ties cheaper;
+  `Setup.premium_arms`), also the reference of the lambda selection's retention; best single is
+  `metrics.best_fixed_model` on the test split in hindsight (realised normalised cost, the tuned router's lambda).
+  Where a model has no answer for a query, these fixed routers take the next model of their ranking that has one.
 
 `compare` can add its report section by calling `project_monthly` with the per-query outcomes of its routers (see
 `outcomes_from_trajectory` for building them from `run_policy(..., trajectories=True)`).
@@ -42,6 +47,7 @@ from bandit_sim.data.catalog import user_prices as registered_prices
 from bandit_sim.data.features import prompt_features
 from bandit_sim.data.loaders import load_data
 from bandit_sim.data.prices import PricesFileError, load_prices
+from bandit_sim.experiments import metrics as M
 from bandit_sim.experiments.protocol import episode_stats, prepare, run_policy, select_lambda
 from bandit_sim.experiments.report import command_line, md_table, savefig, write_json
 from bandit_sim.router.router import Query, Router
@@ -63,8 +69,8 @@ ROUTERS: dict[str, tuple[str, dict, bool]] = {
     "thompson_warm": ("thompson", {"warm_prior": True, "min_explore": 0.0, "explore_decay": 0.0}, True),
     # label-aware: reads the benchmark's category label (reported apart, never the default)
     "thompson_label_warm": ("contextual_thompson", {"warm_prior": True, "min_explore": 0.0}, True),
-    "always_premium": ("always_premium", {}, False),
-    "best_single": ("best_fixed", {}, False),
+    "always_premium": ("always_premium", {}, False),  # the metrics module's premium model (not the kernel policy)
+    "best_single": ("best_fixed", {}, False),  # metrics.best_fixed_model in hindsight (not the kernel policy)
     "cheapest": ("cheapest", {}, False),
     "oracle": ("oracle", {}, False),
     "random": ("random", {}, False),
@@ -321,6 +327,15 @@ def _cost_grids(setup, prices: dict | None, token_noise, split: str = "test"):
     return realised, noisy, p
 
 
+def _fixed_outcomes(arms: np.ndarray, world, cost_rep: np.ndarray) -> dict:
+    """Per-query outcomes (E, N) of a fixed router choosing `arms` (N,) (the same in every replicate)."""
+    e, n = cost_rep.shape[0], np.asarray(world.quality).shape[0]
+    arms = np.broadcast_to(np.asarray(arms, int), (e, n))
+    rows = np.arange(n)[None, :]
+    return {"cost_usd": np.asarray(cost_rep, np.float64)[np.arange(e)[:, None], rows, arms],
+            "quality": np.asarray(world.quality, np.float64)[rows, arms], "arm": arms}
+
+
 def _reference_outcomes(policy: str, world, info, lam: float, gam: float, cost_rep: np.ndarray, seed: int) -> dict:
     """Per-query outcomes (E, N) of a non-learning router from `sim.reference.run_reference`.
 
@@ -410,7 +425,8 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
             over.update(prior_alpha=a, prior_beta=b)
         if tuned:
             chosen[key] = select_lambda(wv, iv, pol, episodes=val_eps, seed=seed + 1, gam=gam,
-                                        target_retention=target_retention, hyper_overrides=over)
+                                        target_retention=target_retention, premium_arms=setup.premium_arms("val"),
+                                        hyper_overrides=over)
             lam = chosen[key]["lam"]
             lam_t = lam if lam_t is None else lam_t
         else:
@@ -424,7 +440,12 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
                 tot = outcomes_from_trajectory(traj, wt, it)["cost_usd"].sum(1)
                 if not np.allclose(tot, st.cost_usd, rtol=1e-3):
                     raise AssertionError(f"{key}: per-query costs do not add up to the kernel's episode totals")
-        else:  # fixed routers through the NumPy twin of the kernel (no compilation; tested equal to the kernel)
+        elif key == "always_premium":  # the reference of retention and savings: the metrics module's premium model
+            o = _fixed_outcomes(setup.premium_arms("test"), wt, cost_rep)
+        elif key == "best_single":  # the best fixed model in hindsight (metrics), under the tuned router's lambda
+            o = _fixed_outcomes(M.fixed_decisions(np.asarray(wt.mask), M.best_fixed_order(
+                np.asarray(wt.quality), np.asarray(wt.cost), lam)), wt, cost_rep)
+        else:  # the other fixed routers through the NumPy twin of the kernel (no compilation; tested equal to it)
             o = _reference_outcomes(pol, wt, it, lam, gam, cost_rep, seed)
         outcomes[key] = {"cost_usd": o["cost_usd"], "quality": o["quality"],
                          "utilization": np.bincount(o["arm"].ravel(), minlength=len(it.models)) / o["arm"].size}
@@ -440,7 +461,7 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     for k, v in outcomes.items():
         proj["routers"][k]["utilization"] = {m: float(x) for m, x in zip(it.models, v["utilization"])}
         proj["routers"][k]["lam"] = chosen.get(k, {}).get("lam", lam_t if k == "best_single" else None)
-    premium = it.models[int(np.argmax(np.asarray(wt.pred_cost).mean(0)))]
+    premium = it.models[setup.premium]
     best_model = (max(it.models, key=lambda m: proj["routers"]["best_single"]["utilization"][m])
                   if "best_single" in proj["routers"] else None)
     # `bandit-sim --prices FILE` registers a file in the common format for the process (`use_prices_file`)
@@ -449,6 +470,13 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     result = {
         "command": cmd, "data": rd.name, "seed": seed, "episodes": episodes, "test_queries": n_test,
         "models": list(it.models), "premium_model": premium, "best_single_model": best_model,
+        "baseline_definitions": {
+            "always_premium": "metrics.premium_model: the best model by mean training quality (ties: cheaper); where "
+                              "it has no answer, the next of that ranking; the reference of savings and of the "
+                              "validation retention",
+            "best_single": "metrics.best_fixed_model on the test split in hindsight: the best mean quality - lam * "
+                           "realised normalised cost at the tuned router's lambda (ties: cheaper); where it has no "
+                           "answer, the next of that ranking"},
         "prices": "user prices file " + str(prices) if prices else "the dataset's costs (catalog prices)",
         "token_uncertainty": ("each episode is paired with one joint draw of the token model's posterior predictive; "
                               "its deviation from the predictive mean is added to the realised output tokens")
@@ -506,7 +534,9 @@ def _report(r: dict) -> str:
              f"{r['queries_per_month']:,.0f} queries/month, category mix "
              + ", ".join(f"{c} {s:.1%}" for c, s in r["mix"].items()) + f". Prices: {r['prices']}. "
              f"{r['episodes']} test episodes per router on {r['test_queries']} test queries of `{r['data']}`; "
-             f"premium model `{r['premium_model']}`, best single model `{r['best_single_model']}`.", "",
+             f"premium model `{r['premium_model']}`, best single model `{r['best_single_model']}`"
+             + (f" (always-premium: {r['baseline_definitions']['always_premium']}; best single: "
+                f"{r['baseline_definitions']['best_single']})" if "baseline_definitions" in r else "") + ".", "",
              f"Intervals (95%): {r['bootstrap']['resampled']} ({r['bootstrap']['replicates']} bootstrap replicates); "
              f"token-model uncertainty: {r['token_uncertainty']}.", "",
              "![monthly cost](monthly_cost.png)", ""]

@@ -8,9 +8,14 @@ episodes, parameter grids, ...). Definitions (see ``shared/DESIGN.md``):
 * **Cost reduction** = 1 - total routed cost / total cost of always-premium.
 * **Oracle** (RouterBench, Hu et al. 2024, "RouterBench: A Benchmark for Multi-LLM Routing System", sec. 3): per
   query, among the models with the best observed quality, the cheapest one (ties in cost: lowest index).
-* **Premium model**: the best model by training-split quality (ties: the cheaper), unless the user names one.
+* **Premium model**: the best model by training-split quality (ties: the cheaper), unless the user names one. It is
+  the reference of quality retention and cost reduction in every study (compare, impact, sweep, the lambda selection
+  on validation); the kernel's ``always_premium`` *policy* (highest mean predicted cost) is a routing policy, not this
+  reference. Where the premium model has no answer for a query (pairwise or incomplete data), always-premium takes
+  the next model of the premium ranking that has one (:func:`fixed_decisions`, :func:`premium_order`).
 * **Best fixed model**: the single model with the best mean utility quality - lam * cost in hindsight (lam = 0: the
-  highest mean quality; ties: lower total cost, then lower index).
+  highest mean quality; ties: lower total cost, then lower index); where it has no answer, the next by that ranking
+  (:func:`best_fixed_order`).
 * **AIQ** (RouterBench sec. 3.2): a router swept over its parameter gives points (c_i, q_i). Its *non-decreasing
   convex hull* R~(c) is the upper concave envelope of the Pareto-efficient points (points another point dominates --
   no more cost and at least the quality, one of them strictly -- are dropped), linear between hull vertices
@@ -48,7 +53,10 @@ __all__ = [
     "cost_reduction",
     "oracle_decisions",
     "best_fixed_model",
+    "best_fixed_order",
     "premium_model",
+    "premium_order",
+    "fixed_decisions",
     "oracle_sweep",
     "utilization",
     "summarize",
@@ -182,11 +190,23 @@ def best_fixed_model(quality: np.ndarray, cost: np.ndarray, lam: float = 0.0) ->
     Returns:
       model index.
     """
+    return int(best_fixed_order(quality, cost, lam)[0])
+
+
+def best_fixed_order(quality: np.ndarray, cost: np.ndarray, lam: float = 0.0) -> np.ndarray:
+    """Every model ranked as `best_fixed_model` ranks them (its first entry): mean utility quality - lam * cost
+    descending; ties: lower total cost, then lower index.
+
+    Args:
+      quality: (N, K); cost: (N, K); lam: cost weight.
+
+    Returns:
+      (K,) int64 model indices, best first.
+    """
     quality = _check_matrix(quality, "quality")
     cost = _check_matrix(cost, "cost")
     util = (quality - lam * cost).mean(0)
-    order = np.lexsort((np.arange(quality.shape[1]), cost.sum(0), -util))
-    return int(order[0])
+    return np.lexsort((np.arange(quality.shape[1]), cost.sum(0), -util)).astype(np.int64)
 
 
 def premium_model(train_quality: np.ndarray, train_cost: np.ndarray, models=None, name: str | None = None) -> int:
@@ -203,9 +223,50 @@ def premium_model(train_quality: np.ndarray, train_cost: np.ndarray, models=None
         if models is None or name not in list(models):
             raise ValueError(f"premium model {name!r} is not one of the models {list(models or [])}")
         return list(models).index(name)
+    return int(premium_order(train_quality, train_cost)[0])
+
+
+def premium_order(train_quality: np.ndarray, train_cost: np.ndarray) -> np.ndarray:
+    """Every model ranked as `premium_model` ranks them: mean training quality descending (ties: cheaper, then lower
+    index). Its first entry is the premium model; the rest is always-premium's fallback where that has no answer.
+
+    Args:
+      train_quality: (K,) mean training quality per model; train_cost: (K,) mean training cost per query.
+
+    Returns:
+      (K,) int64 model indices.
+    """
     q = np.asarray(train_quality, np.float64)
     c = np.asarray(train_cost, np.float64)
-    return int(np.lexsort((np.arange(q.size), c, -q))[0])
+    return np.lexsort((np.arange(q.size), c, -q)).astype(np.int64)
+
+
+def fixed_decisions(mask: np.ndarray, order) -> np.ndarray:
+    """A fixed-model router on queries where some models have no answer: per query, the first model of `order` that
+    has one (with complete data, `order[0]` everywhere). Always-premium is ``fixed_decisions(mask, premium first, then
+    premium_order)``; the best fixed model is ``fixed_decisions(mask, best_fixed_order(...))``.
+
+    Args:
+      mask: (N, K) bool, True where model k answered query n. order: model indices, preferred first (models left out
+        are never chosen).
+
+    Returns:
+      (N,) int64 model indices.
+    """
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be a 2-D (N queries, K models) array, got shape {mask.shape}")
+    order = np.asarray(order, np.int64).reshape(-1)
+    k = mask.shape[1]
+    if order.size == 0 or order.min() < 0 or order.max() >= k:
+        raise ValueError(f"order must list model indices in [0, K={k}), got {order.tolist()}")
+    models, first = np.unique(order, return_index=True)  # a model's first occurrence in the order is its rank
+    rank = np.full(k, np.inf)
+    rank[models] = first
+    score = np.where(mask, rank[None, :], np.inf)
+    if not np.isfinite(score.min(1)).all():
+        raise ValueError("fixed_decisions: some queries have no answer from any model of the order")
+    return np.argmin(score, axis=1).astype(np.int64)
 
 
 def oracle_sweep(quality: np.ndarray, cost: np.ndarray, lams: np.ndarray) -> np.ndarray:

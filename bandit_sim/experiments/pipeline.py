@@ -117,13 +117,26 @@ def _stage_compare(data: str):
     return stage
 
 
+def _p_newcomers(x: dict, prefix: str = "") -> str:
+    """The coldstart tests of family vs reference, both scopes: "paired p = ... over (newcomer, episode) units,
+    conditional on these N newcomers; p = ... across newcomers (t-test on N newcomer means)". Metrics written before
+    the test across newcomers existed have no `p_value_newcomers`: their line is the old "paired p = ..."."""
+    p = x[f"{prefix}p_value"]
+    if f"{prefix}p_value_newcomers" not in x:
+        return f"paired p = {p:.2g}"
+    pn, n = x[f"{prefix}p_value_newcomers"], x[f"{prefix}n_newcomers_test"]
+    pn = "n/a" if pn is None or pn != pn else f"{pn:.2g}"
+    return (f"paired p = {p:.2g} over (newcomer, episode) units, conditional on these {n} newcomers; p = {pn} across "
+            f"newcomers (t-test on {n} newcomer means)")
+
+
 def _heads_coldstart(r: dict) -> list[str]:
     f, fl = r["family_prior"], r["flat_prior"]
+    units = f"{r['units']['newcomers']} newcomers x {r['units']['episodes_per_newcomer']} episodes"
+    tests = f"{_p_newcomers(r)}, {units}" if "p_value_newcomers" not in r else f"{units}; {_p_newcomers(r)}"
     return [f"regret over the next 500 queries: family prior {_ci(f['regret_next_500'], 2)} vs flat prior "
             f"{_ci(fl['regret_next_500'], 2)}; reduction "
-            f"{_reduction(r['regret_next_500_reduction'], r['regret_next_500_reduction_ci95'])} "
-            f"(paired p = {r['p_value']:.2g}, {r['units']['newcomers']} newcomers x "
-            f"{r['units']['episodes_per_newcomer']} episodes)",
+            f"{_reduction(r['regret_next_500_reduction'], r['regret_next_500_reduction_ci95'])} ({tests})",
             f"queries to identification: family prior {_ci(f['identification_queries'], 0)} vs flat prior "
             f"{_ci(fl['identification_queries'], 0)}"] + _heads_coldstart_linear(r)
 
@@ -136,7 +149,7 @@ def _heads_coldstart_linear(r: dict) -> list[str]:
     return [f"linear Thompson on the query text, regret over the next 500 queries: family prior on weights "
             f"{_ci(f['regret_next_500'], 2)} vs global prior {_ci(g['regret_next_500'], 2)}; reduction "
             f"{_reduction(lin['regret_next_500_reduction'], lin['regret_next_500_reduction_ci95'])} "
-            f"(paired p = {lin['p_value']:.2g}); "
+            f"({_p_newcomers(lin)}); "
             f"identification {_ci(f['identification_queries'], 0)} vs {_ci(g['identification_queries'], 0)} queries"
             ] + _heads_coldstart_excess(r)
 
@@ -151,7 +164,7 @@ def _heads_coldstart_excess(r: dict) -> list[str]:
         out.append(f"{name}, excess regret over the next 500 queries over the router that knows the newcomer: family "
                    f"{_ci(ex[fc], 2)} vs {rc.split('_')[0]} {_ci(ex[rc], 2)}; reduction "
                    f"{_reduction(x['excess_regret_next_500_reduction'], x['excess_regret_next_500_reduction_ci95'])} "
-                   f"(paired p = {x['excess_p_value']:.2g})")
+                   f"({_p_newcomers(x, 'excess_')})")
     return out
 
 

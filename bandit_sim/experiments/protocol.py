@@ -1,14 +1,16 @@
 """`bandit-sim compare`: every baseline and the Thompson routers side by side, through the same kernel.
 
 Protocol (DESIGN.md):
-- Worlds are built from the validation and test splits; the token model (or the stand-in) and the MF router
-  are fit on the training split only.
+- Worlds are built from the validation and test splits, in one cost unit taken from the training split
+  (`training_cost_scale`); the token model (or the stand-in) and the MF router are fit on the training split only.
 - An episode routes every test query once, in its own random order (T = N_test), so per-episode totals are
   directly comparable with the dataset's always-premium / oracle figures. All policies share the episode keys
   (common random numbers), so differences are paired across episodes.
 - The operating point of each cost-aware router (lambda) is chosen on the validation split: the largest cost
   reduction whose quality retention (vs always-premium) is >= `target_retention`; if none reaches it, the
-  highest retention. The chosen lambda is then used on the test split.
+  highest retention. The chosen lambda is then used on the test split. Always-premium, the reference of retention
+  and cost reduction, is the metrics module's premium model (`metrics.premium_model`: the best by training quality,
+  ties cheaper; `training_premium`), not the kernel's ``always_premium`` policy (the highest mean predicted cost).
 - Metrics per episode: mean quality, cost in USD, quality retention (vs always-premium), quality vs oracle, cost
   reduction, cumulative regret, convergence time, utilisation; each reported with a bootstrap 95% CI over
   episodes. Deterministic routers (always-premium, cheapest, threshold, best-single, oracle, MF router) have the same
@@ -40,7 +42,8 @@ from bandit_sim.sim.token_model import predict_for_splits
 from bandit_sim.sim.linear import train_rows
 from bandit_sim.sim.world import World, WorldInfo, pivot_index, world_from_table
 
-__all__ = ["Setup", "prepare", "run_policy", "select_lambda", "select_models", "LAMBDA_GRID"]
+__all__ = ["Setup", "prepare", "run_policy", "select_lambda", "select_models", "training_premium", "fixed_outcome",
+           "LAMBDA_GRID"]
 
 # lambda values tried on the validation split (normalised cost: the premium model's typical cost is 1)
 # (large values reach the cheapest models, so AIQ's sweep covers the whole cost range)
@@ -50,18 +53,53 @@ LAMBDA_GRID = np.array([0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 
 
 @dataclass
 class Setup:
-    """Everything an experiment needs: data, worlds for val and test, token predictions, notes."""
+    """Everything an experiment needs: data, worlds for val and test, token predictions, the premium model, notes."""
 
     data: RoutingData
     worlds: dict[str, World]
     infos: dict[str, WorldInfo]
     token_source: str
+    premium: int  # the premium model (`metrics.premium_model` on the training split): retention / cost reduction
+    premium_order: tuple[int, ...]  # always-premium's preference: the premium model, then the premium ranking
     token_fit: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def models(self) -> tuple[str, ...]:
         return self.infos["test"].models
+
+    def premium_arms(self, split: str) -> np.ndarray:
+        """(N,) always-premium's model per query of the split: the premium model, or where it has no answer the next
+        of the premium ranking that has one (`metrics.fixed_decisions`)."""
+        return M.fixed_decisions(np.asarray(self.worlds[split].mask), self.premium_order)
+
+
+def training_premium(rd: RoutingData, models, name: str | None = None) -> tuple[int, tuple[int, ...]]:
+    """The premium model of `models` by the metrics module's definition, from the training split.
+
+    Args:
+      rd: the data (its "train" rows). models: the World's models, in order. name: a user's premium model (default:
+        `metrics.premium_model`, the best by mean training quality, ties cheaper).
+    Returns:
+      (premium index, always-premium's preference order: the premium model, then `metrics.premium_order`).
+    """
+    models = list(models)
+    g = rd.split("train").groupby("model")
+    q = g["quality"].mean().reindex(models).to_numpy(np.float64)
+    c = g["cost_usd"].mean().reindex(models).to_numpy(np.float64)
+    prem = M.premium_model(q, c, models, name)
+    order = [prem] + [int(k) for k in M.premium_order(q, c) if k != prem]
+    return prem, tuple(order)
+
+
+def fixed_outcome(world: World, info: WorldInfo, arms: np.ndarray) -> tuple[float, float]:
+    """(mean quality per query, total USD cost) of a fixed router choosing `arms` (N,) on one pass over the World's
+    queries: the figures always-premium's retention and cost reduction divide by."""
+    rows = np.arange(np.asarray(world.quality).shape[0])
+    arms = np.asarray(arms, np.int64)
+    q = np.asarray(world.quality, np.float64)[rows, arms]
+    c = np.asarray(world.cost, np.float64)[rows, arms] * info.cost_scale
+    return float(q.mean()), float(c.sum())
 
 
 def _token_predictions(rd: RoutingData, splits, seed: int, method: str, quick: bool):
@@ -73,7 +111,7 @@ def _token_predictions(rd: RoutingData, splits, seed: int, method: str, quick: b
 
 def prepare(data: str | RoutingData, *, seed: int = 0, tokens: str = "hierarchical", quick: bool = False,
             splits=("val", "test"), arrival: dict[str, int] | None = None) -> Setup:
-    """Load data, fit the token model on train and build the val/test Worlds.
+    """Load data, fit the token model on train and build the val/test Worlds, all in the training split's cost unit.
 
     Args:
       data: dataset name or path, or a loaded RoutingData (must have a quality signal).
@@ -93,12 +131,19 @@ def prepare(data: str | RoutingData, *, seed: int = 0, tokens: str = "hierarchic
         if (rd.table["split"] == s).sum() == 0:
             raise ValueError(f"dataset {data!r} has no {s!r} split rows; routing experiments need train/val/test")
     preds, source, fit_info = _token_predictions(rd, splits, seed, tokens, quick)
+    # one cost unit for every split, from the training split (as `prepare_fold`): a lambda chosen on validation means
+    # the same on test, and no split's unit is computed from its own (test) data
+    scale = training_cost_scale(rd)
     worlds, infos = {}, {}
     for s in splits:
-        w, info = world_from_table(rd.table, split=s, pred=preds[s], arrival=arrival)
+        w, info = world_from_table(rd.table, split=s, pred=preds[s], arrival=arrival, cost_scale=scale)
         worlds[s], infos[s] = w, info
+    models = infos[splits[0]].models
+    if any(infos[s].models != models for s in splits):
+        raise ValueError(f"{rd.name}: the splits {list(splits)} have different models")
+    premium, order = training_premium(rd, models)
     notes = list(rd.notes) + [f"predicted cost and uncertainty: {source}"] + list(infos[splits[-1]].notes)
-    return Setup(rd, worlds, infos, source, fit_info, notes)
+    return Setup(rd, worlds, infos, source, premium, order, fit_info, notes)
 
 
 def run_policy(world: World, info: WorldInfo, policy: str, *, episodes: int, seed: int, lam=0.3, gam=0.25,
@@ -181,22 +226,23 @@ def episode_stats(metrics, info: WorldInfo, steps: int) -> EpisodeStats:
 
 
 def select_lambda(world: World, info: WorldInfo, policy: str, *, episodes: int, seed: int, gam: float,
-                  target_retention: float, lambdas=LAMBDA_GRID, hyper_overrides: dict | None = None) -> dict:
+                  target_retention: float, premium_arms: np.ndarray, lambdas=LAMBDA_GRID,
+                  hyper_overrides: dict | None = None) -> dict:
     """Choose lambda on a (validation) World: max cost reduction subject to retention >= target.
 
     Args:
       world, info: the validation World.
       policy: policy name; episodes/seed: as `run_policy`; gam: uncertainty weight.
       target_retention: quality retention vs always-premium to keep.
+      premium_arms: (N,) always-premium's model per query of this World (`Setup.premium_arms`: the metrics
+        module's premium model), the reference of retention and cost reduction.
       lambdas: candidate values (one compiled call).
     Returns:
       dict with lam, retention, cost_reduction (mean over episodes at the chosen lam), met_target, and the
       whole curve (lams, retention, cost_reduction).
     """
     steps = world.quality.shape[0]
-    prem, _ = run_policy(world, info, "always_premium", episodes=1, seed=seed)
-    p = episode_stats(prem, info, steps)
-    q_prem, c_prem = float(p.quality[0]), float(p.cost_usd[0])
+    q_prem, c_prem = fixed_outcome(world, info, premium_arms)  # every query once, as the policy's episodes
     m, _ = run_policy(world, info, policy, episodes=episodes, seed=seed, gam=gam,
                       grid={"lam": np.asarray(lambdas, np.float32)}, hyper_overrides=hyper_overrides)
     st = episode_stats(m, info, steps)
@@ -388,9 +434,7 @@ def prepare_fold(rd: RoutingData, fold: Fold, *, seed: int = 0, tokens: str = "h
     if infos["val"].models != models:
         raise ValueError(f"{rd.name} fold {fold.index}: validation and test splits have different models")
     train = fd.split("train")
-    g = train.groupby("model")
-    prem = M.premium_model(g["quality"].mean().reindex(models).to_numpy(), g["cost_usd"].mean().reindex(models).to_numpy(),
-                           models, premium)
+    prem, _ = training_premium(fd, models, premium)
     rows = train_rows(train, models, featurizer)
     return FoldSetup(fd, fold, worlds, infos, prem, source, list(infos["test"].notes) + [feat_note],
                      featurizer=featurizer, train_rows=rows)

@@ -415,7 +415,10 @@ def _static_choice(score_fn) -> Policy:
 
 
 def always_premium(hyper: Hyper, world: World) -> Policy:
-    """The available arm with the highest mean predicted cost (the premium model).
+    """The available arm with the highest mean predicted cost (a routing policy).
+
+    Not the reference of quality retention and cost reduction: the experiments take that from
+    `experiments.metrics.premium_model` (the best by training quality, ties cheaper), which may be another model.
 
     Args:
       hyper, world: as for `thompson`.
