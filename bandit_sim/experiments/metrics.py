@@ -48,6 +48,7 @@ __all__ = [
     "cost_reduction",
     "oracle_decisions",
     "best_fixed_model",
+    "check_premium",
     "premium_model",
     "oracle_sweep",
     "utilization",
@@ -189,6 +190,17 @@ def best_fixed_model(quality: np.ndarray, cost: np.ndarray, lam: float = 0.0) ->
     return int(order[0])
 
 
+def check_premium(name: str | None, models, where: str = "") -> None:
+    """ValueError naming an unknown premium model and the known ones (None, the default choice, passes).
+
+    Args:
+      name: the user's premium model; models: the dataset's model names; where: the dataset, for the message.
+    """
+    if name is not None and name not in list(models):
+        raise ValueError(f"unknown premium model {name!r}{f' for {where}' if where else ''}; "
+                         f"known models: {', '.join(map(str, models)) or '(none)'}")
+
+
 def premium_model(train_quality: np.ndarray, train_cost: np.ndarray, models=None, name: str | None = None) -> int:
     """The premium model: the best by mean training-split quality (ties: the cheaper), unless the user names one.
 
@@ -200,8 +212,7 @@ def premium_model(train_quality: np.ndarray, train_cost: np.ndarray, models=None
       model index.
     """
     if name is not None:
-        if models is None or name not in list(models):
-            raise ValueError(f"premium model {name!r} is not one of the models {list(models or [])}")
+        check_premium(name, models or [])
         return list(models).index(name)
     q = np.asarray(train_quality, np.float64)
     c = np.asarray(train_cost, np.float64)
