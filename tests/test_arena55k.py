@@ -242,6 +242,8 @@ def _bad(raw, tmp_path, name="bad.csv"):
      r"exactly one must be 1.*sum to [23] at rows \[3\]"),
     (lambda d: d.assign(winner_model_a=d["winner_model_a"].astype(object).where(np.arange(len(d)) != 2, "yes")),
      r"'winner_model_a': values must be 0 or 1.*rows \[2\]"),
+    (lambda d: d.assign(winner_tie=np.where(np.arange(len(d)) == 5, 2, d["winner_tie"])),
+     r"'winner_tie': values must be 0 or 1 \(found 2\) at rows \[5\]"),  # a plain number, not np.int64(2)
     (lambda d: d.assign(prompt=d["prompt"].where(np.arange(len(d)) != 4, "not json [")),
      r"column 'prompt': expected a JSON list of turns.*rows \[4\]"),
     (lambda d: d.assign(response_b=d["response_b"].where(np.arange(len(d)) != 6, "[1, 2]")),

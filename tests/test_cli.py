@@ -81,3 +81,24 @@ def test_an_os_error_while_writing_exits_2_naming_the_path(tmp_path, capsys, mon
     assert cli.main(["coldstart", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "Not a directory" in err and str(tmp_path / "x" / "report.md") in err
+
+
+def test_unknown_premium_model_exits_2_before_any_fold_work(tmp_path, capsys, monkeypatch):
+    from bandit_sim.experiments import compare
+
+    reached = []
+
+    def stub(*a, **kw):
+        reached.append("fold work")
+        raise Reached("fold work")
+
+    monkeypatch.setattr(compare, "make_folds", stub)
+    monkeypatch.setattr(compare, "prepare_fold", stub)
+    assert cli.main(["compare", "--data", "synthetic", "--premium", "no-such-model", "--quick",
+                     "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown premium model 'no-such-model'" in err and "Traceback" not in err
+    assert "known models: fam0-m0, fam0-m1" in err  # the dataset's models are listed
+    assert reached == []
+    with pytest.raises(Reached):  # a model of the dataset gets through to the folds
+        cli.main(["compare", "--data", "synthetic", "--premium", "fam0-m1", "--quick", "--out", str(tmp_path / "o")])

@@ -166,6 +166,46 @@ def test_validate_cli_accepts_good_parquet(tmp_path, capsys):
     assert "valid routing table: 4 rows" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("mutate,shown", [
+    (lambda d: d.assign(quality=[1.0, 1.5, 0.0, 1.0]), "(found 1.5)"),
+    (lambda d: d.assign(quality=[1.0, np.inf, 0.0, 1.0]), "(found inf)"),
+    (lambda d: d.assign(split=[1, 1, 2, 2]), "(found 1)"),
+], ids=["quality 1.5", "quality inf", "numeric split"])
+def test_validate_messages_show_plain_numbers(mutate, shown, tmp_path, capsys):
+    # numpy scalars used to print as np.float64(1.5) / np.int64(1)
+    bad = mutate(_good())
+    with pytest.raises(DataValidationError) as ei:
+        validate_table(bad, source="t")
+    assert shown in str(ei.value) and "np." not in str(ei.value), str(ei.value)
+    path = tmp_path / "bad.parquet"
+    bad.to_parquet(path)
+    assert main(["data", "validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert shown in err and "np." not in err, err
+
+
+def test_input_tokens_note_of_a_table_without_prompt_text(tmp_path, capsys):
+    # no prompt column and no input_tokens: nothing is counted; every row gets 0 input tokens, and the note says
+    # so (it said "counted from prompt text with cl100k" next to "no prompt column")
+    path = tmp_path / "t.csv"
+    _good().to_csv(path, index=False)
+    rd = load_data(str(path))
+    assert (rd.table["input_tokens"] == 0).all()
+    assert not any("counted from prompt text" in n for n in rd.notes), rd.notes
+    assert any(n.startswith("input_tokens: 0 on every row (no input_tokens column and no prompt text") for n in rd.notes)
+    assert main(["data", "validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "input_tokens: 0 on every row" in out and "counted from prompt text" not in out
+    # a prompt column with some blank prompts: counted where there is text, 0 where not, and said so
+    _good().assign(prompt=["hello there", "hello there", "", ""]).to_csv(path, index=False)
+    rd = load_data(str(path))
+    t = rd.table
+    assert (t.loc[t.prompt_id == "a", "input_tokens"] > 0).all() and (t.loc[t.prompt_id == "b", "input_tokens"] == 0).all()
+    assert "input_tokens: counted from prompt text with cl100k; 0 for the 1 prompts without text" in rd.notes
+    _good().assign(prompt=["hello there", "hello there", "bye", "bye"]).to_csv(path, index=False)
+    assert "input_tokens: counted from prompt text with cl100k" in load_data(str(path)).notes
+
+
 def test_user_table_gets_optional_columns_filled(tmp_path):
     path = tmp_path / "t.csv"
     _good().assign(prompt=["hello there", "hello there", "bye", "bye"]).to_csv(path, index=False)

@@ -139,3 +139,18 @@ def test_serve_target_is_judged_on_the_per_request_overhead(tmp_path):
     assert "p99 62.4 ms" in line and "target there is not met" in line
     block = serve_overhead_block(tmp_path)
     assert "-447" not in block and "per request: 62.4 ms" in block
+
+
+def test_readme_points_to_the_results_block_in_the_right_direction():
+    """A sentence sending the reader to "the results block above/below" is on the right side of the block."""
+    from bandit_sim.experiments.pipeline import README_BEGIN, README_END
+
+    text = (ROOT / "README.md").read_text()
+    begin, end = text.index(README_BEGIN), text.index(README_END)
+    refs = list(re.finditer(r"results\s+block\s+(above|below)", text))
+    assert refs
+    for m in refs:
+        if begin <= m.start() <= end:
+            continue  # the generated block itself
+        line = text.count("\n", 0, m.start()) + 1
+        assert m.group(1) == ("below" if m.start() < begin else "above"), f"README.md:{line}: {m.group(0)!r}"

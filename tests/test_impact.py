@@ -249,3 +249,18 @@ def test_premium_reference_is_the_metrics_modules_not_the_most_expensive_model(t
     wt = setup.worlds["test"]
     best = M.best_fixed_model(np.asarray(wt.quality), np.asarray(wt.cost), 0.3)  # no tuned router: lambda 0.3
     assert m["best_single_model"] == models[best]
+
+
+def test_a_prices_file_missing_a_model_is_refused_before_the_preparation(tmp_path, monkeypatch):
+    # the prices file must price every model of the test split; that is checked right after the data loads, not
+    # after the token-model fit and the draws (minutes on a real dataset)
+    from bandit_sim.experiments import impact
+
+    def no_prepare(*a, **kw):
+        raise AssertionError("prepare reached")
+
+    monkeypatch.setattr(impact, "prepare", no_prepare)
+    prices = tmp_path / "p.csv"
+    prices.write_text("model,input,output\nfam0-m0,1,2\n")
+    with pytest.raises(ValueError, match=r"has no price for \['fam0-m1'.*it prices \['fam0-m0'\]"):
+        run_impact("synthetic", tmp_path / "o", queries_per_day=100, prices=prices, quick=True)

@@ -211,6 +211,33 @@ def test_malformed_config_gets_a_clear_message(tmp_path, capsys):
     assert "not valid TOML" in capsys.readouterr().err
 
 
+def test_config_refuses_a_timeout_that_is_not_positive_and_names_the_backend_of_a_bad_price(tmp_path, capsys):
+    small = dict(name="small", base_url="http://127.0.0.1:1/v1", input_per_m=1, output_per_m=1)
+    large = dict(small, name="large")
+    # httpx.Timeout(0) times every upstream call out at once: the timeout must be > 0 (and finite)
+    for t in (0, 0.0, -5, "inf"):
+        path = write_config(tmp_path / "t.toml", [small], server={"upstream_timeout_s": t})
+        if t == "inf":  # a TOML float, not a string
+            path.write_text(path.read_text().replace('"inf"', "inf"))
+        with pytest.raises(ConfigError) as ei:
+            load_config(path)
+        assert f"{path} [server]" in str(ei.value) and "'upstream_timeout_s'" in str(ei.value), str(ei.value)
+        if t != "inf":
+            assert "must be > 0 seconds" in str(ei.value), str(ei.value)
+    path = write_config(tmp_path / "t.toml", [small], server={"upstream_timeout_s": 0})
+    assert main(["serve", "--config", str(path)]) == 2
+    assert "'upstream_timeout_s' must be > 0 seconds" in capsys.readouterr().err
+    assert load_config(write_config(tmp_path / "t.toml", [small], server={"upstream_timeout_s": 0.5})
+                       ).upstream_timeout_s == 0.5
+    # a bad price of the second backend is reported as that backend (number and name), not "entry 0"
+    path = write_config(tmp_path / "p.toml", [small, dict(large, output_per_m=-2)])
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    msg = str(ei.value)
+    assert msg.startswith(f"{path} [[backends]] #2 ('large'): 'output_per_m' must be >= 0"), msg
+    assert "entry" not in msg, msg
+
+
 # ---------------------------------------------------------------- security, failures
 
 

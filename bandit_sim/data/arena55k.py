@@ -39,7 +39,7 @@ import pandas as pd
 
 from bandit_sim.data.bradley_terry import BradleyTerryModel, fit_bradley_terry_by_category
 from bandit_sim.data.catalog import UnknownModelError, family_of, price_of
-from bandit_sim.data.schema import DataValidationError, RoutingData, validate_table
+from bandit_sim.data.schema import DataValidationError, RoutingData, plain, validate_table
 from bandit_sim.data.synthetic import SPLIT_NAMES, split_by_order
 from bandit_sim.data.tokens import TOKENIZER as TOKENIZER_NAME
 from bandit_sim.data.tokens import count_tokens
@@ -251,7 +251,7 @@ def validate_arena55k(df: pd.DataFrame, source: str = "arena55k") -> pd.DataFram
         bad = ~np.isin(v, (0.0, 1.0))
         if bad.any():
             raise Arena55kFormatError(f"{source}: column {col!r}: values must be 0 or 1 "
-                                      f"(found {df[col].iloc[int(np.flatnonzero(bad)[0])]!r}) at {_rows(df, bad)}")
+                                      f"(found {plain(df[col].iloc[int(np.flatnonzero(bad)[0])])}) at {_rows(df, bad)}")
         flags.append(v)
     total = flags[0] + flags[1] + flags[2]
     bad = total != 1

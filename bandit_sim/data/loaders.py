@@ -102,7 +102,13 @@ def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str], requir
     if "input_tokens" not in df.columns:
         uniq = df.drop_duplicates("prompt_id")
         df["input_tokens"] = df["prompt_id"].map(dict(zip(uniq["prompt_id"], count_tokens(uniq["prompt"].tolist()))))
-        notes.append("input_tokens: counted from prompt text with cl100k")
+        blank = int((uniq["prompt"] == "").sum())  # nothing to count: 0 tokens
+        if blank == len(uniq):
+            notes.append("input_tokens: 0 on every row (no input_tokens column and no prompt text to count them "
+                         "from), so costs computed from prices cover output tokens only")
+        else:
+            notes.append("input_tokens: counted from prompt text with cl100k"
+                         + (f"; 0 for the {blank} prompts without text" if blank else ""))
     elif df["input_tokens"].isna().any():
         _fill_input_tokens(df, source, notes)
     if "cost_usd" not in df.columns or df["cost_usd"].isna().any():

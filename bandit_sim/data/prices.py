@@ -25,11 +25,28 @@ from pathlib import Path
 
 from bandit_sim.data.catalog import Price, register_prices
 
-__all__ = ["PricesFileError", "load_prices", "parse_price_entries", "use_prices_file"]
+__all__ = ["PricesFileError", "load_prices", "parse_price_entries", "price_fields", "use_prices_file"]
 
 
 class PricesFileError(ValueError):
     """A prices file that cannot be read or has a malformed entry (the message names the file and entry)."""
+
+
+def price_fields(entry: dict, where: str) -> tuple[float, float]:
+    """(input_per_m, output_per_m) of one entry: numbers >= 0 and finite; PricesFileError naming `where` and the
+    field otherwise."""
+    vals = []
+    for f in ("input_per_m", "output_per_m"):
+        v = entry.get(f)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise PricesFileError(f"{where}: '{f}' must be a number of USD per 1M tokens, got {entry.get(f)!r}") \
+                from None
+        if not (math.isfinite(v) and v >= 0):
+            raise PricesFileError(f"{where}: '{f}' must be >= 0 and finite, got {v!r}")
+        vals.append(v)
+    return vals[0], vals[1]
 
 
 def parse_price_entries(entries, source: str) -> tuple[dict[str, Price], dict[str, str]]:
@@ -52,20 +69,10 @@ def parse_price_entries(entries, source: str) -> tuple[dict[str, Price], dict[st
         name = e.get("name", e.get("model"))
         if not isinstance(name, str) or not name.strip():
             raise PricesFileError(f"{source}: entry {i} has no 'name'")
-        vals = []
-        for f in ("input_per_m", "output_per_m"):
-            v = e.get(f)
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise PricesFileError(f"{source}: entry {i} ({name!r}): '{f}' must be a number of USD per 1M "
-                                      f"tokens, got {e.get(f)!r}") from None
-            if not (math.isfinite(v) and v >= 0):
-                raise PricesFileError(f"{source}: entry {i} ({name!r}): '{f}' must be >= 0 and finite, got {v!r}")
-            vals.append(v)
+        vals = price_fields(e, f"{source}: entry {i} ({name!r})")
         if name in prices:
             raise PricesFileError(f"{source}: model {name!r} is listed twice")
-        prices[name] = Price(vals[0], vals[1], str(e.get("source") or f"user prices ({source})"))
+        prices[name] = Price(*vals, str(e.get("source") or f"user prices ({source})"))
         if e.get("family"):
             families[name] = str(e["family"])
     return prices, families

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "DataValidationError", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "SPLITS", "read_table", "validate_table",
+    "DataValidationError", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "SPLITS", "plain", "read_table",
+    "validate_table",
 ]
 
 REQUIRED_COLUMNS: dict[str, str] = {
@@ -54,6 +55,11 @@ def _rows(index, limit: int = _SHOW) -> str:
     return f"rows {shown}{more}"
 
 
+def plain(v) -> str:
+    """A cell value for a message: numpy scalars as the plain number or text (1.5, inf, 3), not np.float64(1.5)."""
+    return repr(v.item() if isinstance(v, np.generic) else v)
+
+
 def _fail(source: str, column: str, problem: str, rows=None) -> DataValidationError:
     where = f" at {_rows(rows)}" if rows is not None else ""
     return DataValidationError(f"{source}: column {column!r}: {problem}{where}")
@@ -68,7 +74,7 @@ def _as_numeric(df: pd.DataFrame, col: str, source: str) -> pd.Series:
     conv = pd.to_numeric(s, errors="coerce")
     bad = conv.isna() & s.notna()
     if bad.any():
-        examples = ", ".join(repr(v) for v in s[bad].head(3))
+        examples = ", ".join(plain(v) for v in s[bad].head(3))
         raise _fail(source, col, f"expected numbers, found non-numeric values ({examples})", s.index[bad])
     return conv.astype(float)
 
@@ -81,7 +87,7 @@ def _check_str(df: pd.DataFrame, col: str, source: str, required: bool) -> None:
     present = s[~missing]
     not_str = ~present.map(lambda v: isinstance(v, str))
     if not_str.any():
-        examples = ", ".join(repr(v) for v in present[not_str].head(3))
+        examples = ", ".join(plain(v) for v in present[not_str].head(3))
         raise _fail(source, col, f"expected text, found {examples}", present.index[not_str])
     if required:
         empty = present.str.strip() == ""
@@ -165,7 +171,7 @@ def validate_table(df: pd.DataFrame, source: str = "table", *, require_quality: 
         raise _fail(source, "quality", "missing values (NaN) in a required column", q.index[nan])
     out = (q < 0) | (q > 1) | ~np.isfinite(q.fillna(0.5))
     if out.any():
-        raise _fail(source, "quality", f"values outside [0, 1] (found {q[out].iloc[0]!r})", q.index[out])
+        raise _fail(source, "quality", f"values outside [0, 1] (found {plain(q[out].iloc[0])})", q.index[out])
 
     _check_count(df, "output_tokens", source, required=True)
     if "input_tokens" in df.columns:
@@ -190,7 +196,7 @@ def validate_table(df: pd.DataFrame, source: str = "table", *, require_quality: 
     if "split" in df.columns:
         bad = ~df["split"].isin(SPLITS)
         if bad.any():
-            raise _fail(source, "split", f"values must be one of {SPLITS} (found {df['split'][bad].iloc[0]!r})",
+            raise _fail(source, "split", f"values must be one of {SPLITS} (found {plain(df['split'][bad].iloc[0])})",
                         df.index[bad])
         per_prompt = df.groupby("prompt_id")["split"].nunique()
         if (per_prompt > 1).any():

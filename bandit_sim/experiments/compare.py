@@ -662,6 +662,7 @@ def run_compare(data: str | RoutingData, out: Path, *, folds: int = 5, episodes:
     rd = data if isinstance(data, RoutingData) else load_data(data, seed=seed)
     if not rd.has_quality:
         raise ValueError(f"dataset {rd.name!r} has no quality signal ({rd.quality_kind}); routing needs quality")
+    M.check_premium(premium, rd.models, f"dataset {rd.name!r}")  # before the minutes of fold work
     if not 0 < target_retention <= 1.5:
         raise ValueError(f"target_retention must be in (0, 1.5], got {target_retention}")
     for name, v, lo in (("folds", folds, 2), ("episodes", episodes, 1), ("bootstrap", bootstrap, 10)):

@@ -400,10 +400,15 @@ def run_impact(data, out: Path, *, queries_per_day: float, days: float = 30.0, m
     cmd = command_line(argv)
     if quick:
         episodes, n_boot = min(episodes, 8), min(n_boot, 400)
-    setup = prepare(data if not isinstance(data, str) else load_data(data, seed=seed), seed=seed, tokens=tokens,
-                    quick=quick)
-    rd = setup.data
+    rd = data if not isinstance(data, str) else load_data(data, seed=seed)
     user_prices = read_prices(prices) if prices else None
+    if user_prices is not None:  # every routed model needs a price: checked before the preparation below
+        missing = sorted(set(rd.split("test")["model"]) - set(user_prices))
+        if missing:
+            raise ValueError(f"the prices file {prices} has no price for {missing} (models of {rd.name!r}'s test "
+                             f"split); it prices {sorted(user_prices)}")
+    setup = prepare(rd, seed=seed, tokens=tokens, quick=quick)
+    rd = setup.data
     wv, iv = setup.worlds["val"], setup.infos["val"]
     wt, it = setup.worlds["test"], setup.infos["test"]
     n_test = wt.quality.shape[0]

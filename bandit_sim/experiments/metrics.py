@@ -54,6 +54,7 @@ __all__ = [
     "oracle_decisions",
     "best_fixed_model",
     "best_fixed_order",
+    "check_premium",
     "premium_model",
     "premium_order",
     "fixed_decisions",
@@ -209,6 +210,17 @@ def best_fixed_order(quality: np.ndarray, cost: np.ndarray, lam: float = 0.0) ->
     return np.lexsort((np.arange(quality.shape[1]), cost.sum(0), -util)).astype(np.int64)
 
 
+def check_premium(name: str | None, models, where: str = "") -> None:
+    """ValueError naming an unknown premium model and the known ones (None, the default choice, passes).
+
+    Args:
+      name: the user's premium model; models: the dataset's model names; where: the dataset, for the message.
+    """
+    if name is not None and name not in list(models):
+        raise ValueError(f"unknown premium model {name!r}{f' for {where}' if where else ''}; "
+                         f"known models: {', '.join(map(str, models)) or '(none)'}")
+
+
 def premium_model(train_quality: np.ndarray, train_cost: np.ndarray, models=None, name: str | None = None) -> int:
     """The premium model: the best by mean training-split quality (ties: the cheaper), unless the user names one.
 
@@ -220,8 +232,7 @@ def premium_model(train_quality: np.ndarray, train_cost: np.ndarray, models=None
       model index.
     """
     if name is not None:
-        if models is None or name not in list(models):
-            raise ValueError(f"premium model {name!r} is not one of the models {list(models or [])}")
+        check_premium(name, models or [])
         return list(models).index(name)
     return int(premium_order(train_quality, train_cost)[0])
 

@@ -125,11 +125,11 @@ def prepare(data: str | RoutingData, *, seed: int = 0, tokens: str = "hierarchic
     """
     rd = data if isinstance(data, RoutingData) else load_data(data, seed=seed)
     if not rd.has_quality:
-        raise ValueError(f"dataset {data!r} has no quality signal ({rd.quality_kind}); routing needs quality "
+        raise ValueError(f"dataset {rd.name!r} has no quality signal ({rd.quality_kind}); routing needs quality "
                          f"(use it with `bandit-sim tokens`)")
     for s in splits + ("train",):
         if (rd.table["split"] == s).sum() == 0:
-            raise ValueError(f"dataset {data!r} has no {s!r} split rows; routing experiments need train/val/test")
+            raise ValueError(f"dataset {rd.name!r} has no {s!r} split rows; routing experiments need train/val/test")
     preds, source, fit_info = _token_predictions(rd, splits, seed, tokens, quick)
     # one cost unit for every split, from the training split (as `prepare_fold`): a lambda chosen on validation means
     # the same on test, and no split's unit is computed from its own (test) data

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bandit_sim.data.catalog import family_of
-from bandit_sim.data.prices import PricesFileError, parse_price_entries
+from bandit_sim.data.prices import PricesFileError, price_fields
 from hierarchical.storage import npz_path
 
 __all__ = ["Backend", "ConfigError", "PolicyConfig", "ServeConfig", "load_config", "parse_backend",
@@ -150,18 +150,17 @@ def parse_backend(d: Any, where: str) -> Backend:
     if base_url is None or not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: 'base_url' must be an http(s) URL of an OpenAI-compatible API "
                           f"(e.g. https://api.openai.com/v1), got {d.get('base_url')!r}")
-    try:
-        prices, _ = parse_price_entries([{k: d.get(k) for k in ("name", "input_per_m", "output_per_m")}], where)
+    try:  # the prices file's checks, the message naming this backend (not "entry 0" of a one-entry list)
+        input_per_m, output_per_m = price_fields(d, where)
     except PricesFileError as exc:
         raise ConfigError(str(exc)) from None
-    p = prices[name]
     mean = _num(d, "tokens_mean", where, DEFAULT_TOKENS_MEAN)
     sd = _num(d, "tokens_sd", where, DEFAULT_TOKENS_SD)
     # optional: absent, or null in the JSON the server saves (state file, admin log lines) of a backend without one
     key_env = None if d.get("api_key_env") is None else _str(d, "api_key_env", where)
     return Backend(name=name, base_url=base_url.rstrip("/"), api_key_env=key_env,
-                   family=_str(d, "family", where) or family_of(name), input_per_m=p.input_per_m,
-                   output_per_m=p.output_per_m, model=_str(d, "model", where) or name, tokens_mean=mean, tokens_sd=sd)
+                   family=_str(d, "family", where) or family_of(name), input_per_m=input_per_m,
+                   output_per_m=output_per_m, model=_str(d, "model", where) or name, tokens_mean=mean, tokens_sd=sd)
 
 
 def load_config(path, *, overrides: dict | None = None) -> ServeConfig:
@@ -245,6 +244,9 @@ def load_config(path, *, overrides: dict | None = None) -> ServeConfig:
     port = _num(srv, "port", where, 8000, lo=0, integer=True)
     if port > 65535:
         raise ConfigError(f"{where}: 'port' must be <= 65535")
+    timeout = _num(srv, "upstream_timeout_s", where, 60.0, lo=None)
+    if timeout <= 0:  # httpx.Timeout(0) would time every upstream call out at once
+        raise ConfigError(f"{where}: 'upstream_timeout_s' must be > 0 seconds, got {srv['upstream_timeout_s']!r}")
     flags = {k: srv.get(k, False) for k in ("log_prompts", "access_log", "fsync_every_line")}
     for k, v in flags.items():
         if not isinstance(v, bool):
@@ -255,7 +257,7 @@ def load_config(path, *, overrides: dict | None = None) -> ServeConfig:
         host=_str(srv, "host", where, "127.0.0.1"), port=port,
         save_every=_num(srv, "save_every", where, 100, lo=1, integer=True), log_prompts=flags["log_prompts"],
         max_body_bytes=_num(srv, "max_body_bytes", where, 1_000_000, lo=1, integer=True),
-        upstream_timeout_s=_num(srv, "upstream_timeout_s", where, 60.0),
+        upstream_timeout_s=timeout,
         admin_token_env=_str(srv, "admin_token_env", where, "BANDIT_ROUTER_ADMIN_TOKEN"),
         client_keys_env=_str(srv, "client_keys_env", where), access_log=flags["access_log"],
         fsync_every_line=flags["fsync_every_line"], source=src)
