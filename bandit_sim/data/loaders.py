@@ -89,7 +89,8 @@ def _complete_user_table(df: pd.DataFrame, source: str, notes: list[str], requir
     df = df.copy()
     if "prompt" not in df.columns:
         df["prompt"] = ""
-        notes.append("no prompt column: query features fall back to token counts only")
+        notes.append("no prompt column: the token model's query features come from input token counts only, and "
+                     "the text routers read a features column if the table has one, else the bias only")
     df["prompt"] = df["prompt"].fillna("")
     if "family" not in df.columns:
         df["family"] = df["model"].map(family_of)
