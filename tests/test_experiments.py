@@ -387,7 +387,11 @@ def test_coldstart_end_to_end(tmp_path):
         # the newcomer's prior is what differs: its family's weights vs the (wider) global prior
         pf, pg = v["family_prior"]["prior_quality"], v["global_prior"]["prior_quality"]
         assert pf != pg and pf["sd"] < pg["sd"]
-    assert "## Linear Thompson sampling on the query text" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Linear Thompson sampling on the query text" in report
+    n_ok = sum(v["fit"]["svi_converged"] for v in lin["per_family"].values())
+    assert f"Quality fits (SVI): {n_ok} of {len(lin['per_family'])} met the convergence rule" in report
+    assert ("**not converged for" in report) == (n_ok < len(lin["per_family"]))
     # excess regret over the router that knows the newcomer, both routers; the paired test is the raw one
     for x, conds in ((m, ("family_prior", "flat_prior")), (lin, ("family_prior", "global_prior"))):
         for c in conds:

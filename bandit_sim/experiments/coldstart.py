@@ -677,6 +677,12 @@ def _linear_section(r: dict, lin: dict) -> list[str]:
                            "p (t-test over its episodes)", "prior quality (family)", "prior quality (global)", "observed quality",
                            "tau_family (bias / slopes)", "tau_global (bias / slopes)", "new-model share (family)",
                            "new-model share (global)"], rows))
+    fits = [v["fit"] for v in lin["per_family"].values()]
+    bad = [fam for fam, v in lin["per_family"].items() if not v["fit"].get("svi_converged", True)]
+    lines += ["", f"Quality fits (SVI): {len(fits) - len(bad)} of {len(fits)} met the convergence rule "
+              f"({', '.join(str(f.get('svi_steps')) for f in fits)} steps; "
+              f"{sum(f.get('svi_seconds', 0.0) for f in fits):.0f} s in all)"
+              + (f"; **not converged for {', '.join(bad)}**: the scales above may still be moving." if bad else ".")]
     return lines + [""]
 
 
