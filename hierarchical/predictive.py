@@ -196,11 +196,14 @@ def predict(
       per_draw: predictive samples per posterior draw (S * per_draw samples per row).
       probs: quantile levels (static; each new tuple compiles once).
       max_tokens: cap of the output length for token-space moments.
-      y_true: optional (N,) observed tokens: fills `crps`.
+      y_true: optional (N,) observed tokens (finite, >= 0): fills `crps`.
       return_samples: also return the (N, S * per_draw) samples.
       chunk_rows: rows per compiled call (rows are padded to a multiple of it).
     Returns:
       Prediction.
+    Raises:
+      ValueError: features not a non-empty (N, F) array or not finite, indices out of range, y_true not (N,)
+        finite counts >= 0.
     """
     x = np.asarray(features, np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
@@ -224,7 +227,17 @@ def predict(
     design = np.concatenate([np.ones((n, 1), np.float32), z], axis=1)
     key = jax.random.key(0) if key is None else key
     with_crps = y_true is not None
-    yt = np.zeros(n, np.float32) if y_true is None else np.asarray(y_true, np.float32).reshape(-1)
+    if y_true is None:
+        yt = np.zeros(n, np.float32)
+    else:
+        yt = np.asarray(y_true, np.float64)
+        if yt.shape != (n,):
+            raise ValueError(f"y_true must be ({n},) observed tokens, one per feature row; got shape {yt.shape}")
+        bad = ~np.isfinite(yt) | (yt < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"y_true[{i}] = {yt[i]} is not a finite token count >= 0 ({int(bad.sum())} bad values)")
+        yt = yt.astype(np.float32)
     # chunk length: chunk_rows, or the next power of two >= n for small inputs (a bounded set of compilations)
     c = chunk_rows if n >= chunk_rows else max(16, 1 << (n - 1).bit_length())
     npad = -(-n // c) * c

@@ -67,7 +67,7 @@ def add_new_model(
 
     Args:
       post: fitted posterior with K models.
-      features: (n, F) raw features of the observed queries (n >= 0).
+      features: (n, F) raw features of the observed queries (n >= 0); a flat (F,) vector is one query.
       tokens: (n,) observed output tokens of the new model.
       family: its family index, or None if unknown (global prior).
       seed: seed of the posterior draws.
@@ -75,15 +75,23 @@ def add_new_model(
     Returns:
       TokenPosterior with K + 1 models; the new one is index K (family_of_model[K] = family or -1).
     Raises:
-      ValueError: on shape mismatch, NaN features or bad tokens or family index.
+      ValueError: on features not (n, F), shape mismatch, NaN features or bad tokens or family index.
     """
-    x = np.asarray(features, np.float64).reshape(-1, post.standardizer.mean.shape[0])
+    f = post.standardizer.mean.shape[0]
+    x = np.asarray(features, np.float64)
+    if x.ndim == 1 and x.shape[0] == f:  # one query given as a flat (F,) vector
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != f:
+        raise ValueError(f"add_new_model: features must be (n, {f}) (F = {f} raw features per row), got shape "
+                         f"{x.shape}")
     t = np.asarray(tokens, np.float64).reshape(-1)
     n = x.shape[0]
     if t.shape[0] != n:
         raise ValueError(f"add_new_model: {n} feature rows but {t.shape[0]} tokens")
     if not np.all(np.isfinite(x)) or not np.all(np.isfinite(t)) or np.any(t < 0):
         raise ValueError("add_new_model: features must be finite and tokens finite counts >= 0")
+    if family is not None and (isinstance(family, (bool, np.bool_)) or not isinstance(family, (int, np.integer))):
+        raise ValueError(f"add_new_model: family must be an int index or None, got {family!r}")
     if family is not None and not 0 <= family < post.n_families:
         raise ValueError(f"add_new_model: family {family} not in [0, {post.n_families})")
     rng = np.random.default_rng(seed)

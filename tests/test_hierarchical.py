@@ -270,6 +270,29 @@ def test_update_rejects_bad_input(fitted):
         add_new_model(fitted, np.zeros((1, F)), np.ones(1), family=G)
     with pytest.raises(ValueError, match="rows"):
         add_new_model(fitted, np.zeros((2, F)), np.ones(3), family=0)
+    # features of the wrong width are named, not reshaped: (3, 2) holds 6 = 2 * F numbers, once read as 2 rows
+    with pytest.raises(ValueError, match=r"features must be \(n, 3\)"):
+        add_new_model(fitted, np.zeros((3, F - 1)), np.ones(2), family=0)
+    with pytest.raises(ValueError, match=r"features must be \(n, 3\)"):
+        add_new_model(fitted, np.zeros(2 * F), np.ones(2), family=0)
+    with pytest.raises(ValueError, match=r"features must be \(n, 3\)"):
+        add_new_model(fitted, np.zeros((1, 2, F)), np.ones(2), family=0)
+    with pytest.raises(ValueError, match="family must be an int"):
+        add_new_model(fitted, np.zeros((1, F)), np.ones(1), family=True)
+    # one query as a flat (F,) vector is one row
+    assert add_new_model(fitted, np.zeros(F), np.ones(1), family=0).meta["new_model"]["n_obs"] == 1
+
+
+def test_predict_rejects_bad_y_true():
+    post = _toy_posterior()
+    x = np.zeros((50, 2), np.float32)
+    m = np.zeros(50, int)
+    for y, msg in ((np.full(50, np.nan), r"y_true\[0\] = nan"), (np.arange(70.0), r"y_true must be \(50,\)"),
+                   (np.arange(10.0), r"y_true must be \(50,\)"), (-np.ones(50), r"y_true\[0\] = -1"),
+                   (np.ones((50, 1)), r"y_true must be \(50,\)")):
+        with pytest.raises(ValueError, match=msg):
+            predict(post, x, m, y_true=y)
+    assert np.all(np.isfinite(predict(post, x, m, y_true=np.full(50, 100.0)).crps))
 
 
 def test_posterior_is_a_frozen_record(fitted):
