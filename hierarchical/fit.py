@@ -2,7 +2,8 @@
 
 The SVI update is compiled once per static configuration (guide, K, G, D, batch size, chunk length, schedule) and
 reused across calls: data are arguments of the compiled chunk (not closed over) and rows are padded to a multiple of
-`PAD_ROWS` with zero weight, so refitting on another split of the same table does not recompile.
+`PAD_ROWS` with zero weight, so refitting on another split of the same table does not recompile. NUTS gets the
+table unpadded (it compiles per fit anyway, and padding would multiply the cost of every gradient).
 """
 
 from __future__ import annotations
@@ -149,11 +150,18 @@ def validate_inputs(features, model_idx, family_of_model, tokens, censor_at=None
     return x, m.astype(np.int32), fam.astype(np.int32), t.astype(np.float32), c, g
 
 
-def _prepare(x, m, fam, t, censor_at, std: Standardizer, batch_size: int | None = None) -> _Prepared:
+def _prepare(x, m, fam, t, censor_at, std: Standardizer, batch_size: int | None = None, *,
+             pad_rows: bool = True) -> _Prepared:
     n = x.shape[0]
-    # pad so that tables of similar size share one compiled step: to a multiple of PAD_ROWS (full batch; the step
-    # cost grows with the padding) or to a power of two (minibatches; the step cost does not depend on the padding)
-    npad = -(-n // PAD_ROWS) * PAD_ROWS if batch_size is None or batch_size >= n else 1 << (n - 1).bit_length()
+    # pad so that tables of similar size share one compiled SVI step: to a multiple of PAD_ROWS (full batch; the step
+    # cost grows with the padding) or to a power of two (minibatches; the step cost does not depend on the padding).
+    # pad_rows=False (NUTS): no padding, every gradient evaluation would pay for the zero-weight rows
+    if not pad_rows:
+        npad = n
+    elif batch_size is None or batch_size >= n:
+        npad = -(-n // PAD_ROWS) * PAD_ROWS
+    else:
+        npad = 1 << (n - 1).bit_length()
     pad = npad - n
     z = std.transform(x)
     design = np.concatenate([np.ones((n, 1), np.float32), z], axis=1)
@@ -333,7 +341,7 @@ def fit_nuts(
     t0 = time.perf_counter()
     x, m, fam, t, c, g = validate_inputs(features, model_idx, family_of_model, tokens, censor_at, n_families)
     std = Standardizer.fit(x)
-    prep = _prepare(x, m, fam, t, c, std)
+    prep = _prepare(x, m, fam, t, c, std, pad_rows=False)  # the table's own rows: NUTS compiles once per fit anyway
     model = partial(token_model, n_models=fam.shape[0], n_families=g, batch_size=None, censoring=c is not None)
     mcmc = MCMC(NUTS(model, target_accept_prob=0.9, init_strategy=init_to_median(num_samples=15)),
                 num_warmup=num_warmup, num_samples=num_samples, num_chains=1, progress_bar=progress)

@@ -12,7 +12,8 @@ from scipy import stats
 from hierarchical import (FEATURE_NAMES, FitConfig, PosteriorFileError, TokenPosterior, add_new_model, fit_svi,
                           load_posterior, predict, query_features, save_posterior)
 from hierarchical.features import Standardizer
-from hierarchical.fit import validate_inputs
+from hierarchical import fit as fit_module
+from hierarchical.fit import fit_nuts, validate_inputs
 from hierarchical.predictive import crps_from_samples, student_t
 
 # ---------------------------------------------------------------- synthetic world with known parameters
@@ -298,3 +299,22 @@ def test_predict_rejects_bad_y_true():
 def test_posterior_is_a_frozen_record(fitted):
     with pytest.raises(dataclasses.FrozenInstanceError):
         fitted.meta = {}
+
+
+def test_nuts_sees_the_table_unpadded(world, monkeypatch):
+    # padding (PAD_ROWS, for SVI's compiled-step reuse) would make NUTS evaluate 4096 rows for a 360-row table
+    seen = []
+    real_run = fit_module.MCMC.run
+
+    def spy(self, key, *args, **kwargs):
+        seen.append([np.shape(a) for a in args])
+        return real_run(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module.MCMC, "run", spy)
+    keep = (world["m"] < 6) & (np.arange(world["m"].size) % 500 < 60)  # 6 models x 60 rows
+    post = fit_nuts(world["x"][keep], world["m"][keep], FAM[:6], world["tokens"][keep], num_warmup=20, num_samples=20)
+    n = int(keep.sum())
+    assert n == 360 and post.meta["n_rows"] == n
+    x_shape, m_shape, y_shape, w_shape = seen[0][:4]
+    assert x_shape == (n, F + 1) and m_shape == y_shape == w_shape == (n,)
+    assert post.draws["theta"].shape == (20, 6, F + 1)
