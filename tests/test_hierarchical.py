@@ -245,6 +245,42 @@ def test_new_model_update_error_falls_with_n(fitted):
 
 
 # ---------------------------------------------------------------- features
+def test_standardizer_floor_and_clip():
+    rng = np.random.default_rng(0)
+    x = np.zeros((2000, 3))
+    x[:, 0] = rng.normal(5.0, 2.0, 2000)
+    x[:10, 1] = rng.uniform(0.0, 0.002, 10)  # a share almost always 0: sd ~ 4e-5
+    std = Standardizer.fit(x)
+    assert std.scale[0] == pytest.approx(x[:, 0].std(), rel=1e-5)
+    assert std.scale[1] == pytest.approx(1e-3)  # the floor: a thousandth of the share's unit
+    assert std.scale[2] == 1.0  # constant column
+    z = std.transform(np.array([[5.0 + 100.0, 1.0, 1.0], [5.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(z[0], [6.0, 6.0, 1.0], rtol=1e-6)  # clipped at Z_MAX = 6
+    assert np.all(np.abs(std.transform(x)) <= 6.0)
+
+
+def test_out_of_distribution_query_is_not_priced_at_the_cap():
+    # feature 1 is a share that is 0 in all but 1% of the rows (and tiny there) and has no effect on the length:
+    # a query with share 1 is far outside the training rows (z ~ 1 / sd ~ 1e3 before the floor and the clip)
+    rng = np.random.default_rng(4)
+    k, n = 4, 3000
+    m = np.arange(n) % k
+    x = np.zeros((n, 3), np.float32)
+    x[:, 0] = rng.standard_normal(n)
+    x[:, 2] = rng.standard_normal(n)
+    x[rng.choice(n, 30, replace=False), 1] = rng.uniform(0.001, 0.01, 30)
+    y = 5.0 + 0.3 * x[:, 0] - 0.2 * x[:, 2] + 0.1 * m + 0.4 * rng.standard_t(6, n)
+    cfg = FitConfig(num_steps=1000, min_steps=1000, num_samples=200)
+    post = fit_svi(x, m, np.array([0, 0, 1, 1]), np.expm1(y), config=cfg, seed=0, progress=False)
+    q = np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)  # the same query in English, then all non-ASCII
+    pr = predict(post, q, np.array([1, 1]), key=jax.random.key(0), per_draw=16)
+    truth = np.expm1(5.1)  # median of the true length distribution for both rows
+    assert pr.median[0] == pytest.approx(truth, rel=0.15)
+    assert 0.5 < pr.median[1] / pr.median[0] < 2.0  # was the cap (8192) with z ~ 1e3
+    assert pr.var_log_total[1] < 2.0 * pr.var_log_total[0]
+    assert pr.mean[1] < 2.0 * pr.mean[0]
+
+
 def test_query_features_shape_names_and_indicators():
     assert FEATURE_NAMES[0] == "log_prompt_tokens"
     prompts = ["How do I sort a list in Python?\n```python\nx = [3, 1]\n```",
