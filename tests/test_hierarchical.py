@@ -264,6 +264,48 @@ def test_new_model_update_error_falls_with_n(fitted):
     np.testing.assert_allclose(upd0.draws["theta"][:, -1].mean(0), fitted.draws["mu_fam"][:, 1].mean(0), atol=0.05)
 
 
+def test_new_model_forecast_does_not_widen_after_data_from_its_family(fitted):
+    # the truth: for data drawn from the prior, the expected posterior predictive variance is at most the prior
+    # predictive variance (law of total variance). A noise prior with nu0 = 4 pseudo-observations (a much heavier
+    # tail than the fitted log-normal of sigma) made the forecast wider after n = 1 and 5 than at n = 0
+    d = fitted.draws
+    rng = np.random.default_rng(3)
+    x_eval = rng.standard_normal((32, F)).astype(np.float32)
+
+    def var_log(upd):
+        pr = predict(upd, x_eval, np.full(32, K), key=jax.random.key(0), per_draw=2)
+        return float(pr.var_log_total.mean())
+
+    v0 = var_log(add_new_model(fitted, np.zeros((0, F)), np.zeros(0), family=1, seed=0))
+    out = {1: [], 5: []}
+    for seed in range(12):
+        s = rng.integers(fitted.n_draws)  # a model of family 1 drawn from the fitted family prior
+        theta = d["mu_fam"][s, 1] + d["tau_w"][s] * rng.standard_normal(F + 1)
+        sigma = np.exp(d["mu_sig_fam"][s, 1] + d["s_sig_w"][s] * rng.standard_normal())
+        x = rng.standard_normal((5, F)).astype(np.float32)
+        z = np.concatenate([np.ones((5, 1)), fitted.standardizer.transform(x)], axis=1)
+        y = np.expm1(z @ theta + sigma * rng.standard_t(d["nu"][s], 5))
+        for n in out:
+            out[n].append(var_log(add_new_model(fitted, x[:n], y[:n], family=1, seed=seed)))
+    assert np.mean(out[1]) <= v0 * 1.02 and np.mean(out[5]) <= v0 * 1.02
+    assert np.mean(out[5]) < np.mean(out[1])
+
+
+def test_noise_prior_matches_the_fitted_prior_of_log_sigma(fitted):
+    from hierarchical.update import noise_prior
+
+    d = fitted.draws
+    rng = np.random.default_rng(0)
+    for fam, centre, spread in ((1, d["mu_sig_fam"][:, 1], [d["s_sig_w"]]),
+                                (None, d["mu_sig0"], [d["s_sig0"], d["s_sig_w"]])):
+        nu0, s0sq = noise_prior(fitted, fam)
+        log_sig = centre.astype(np.float64)[:, None] + sum(s[:, None] * rng.standard_normal((s.size, 2000))
+                                                           for s in spread)
+        log_sig2 = np.log(nu0 * s0sq / rng.chisquare(nu0, 400000))
+        np.testing.assert_allclose(log_sig2.mean(), 2 * log_sig.mean(), atol=0.01)
+        np.testing.assert_allclose(log_sig2.var(), 4 * log_sig.var(), rtol=0.05)
+
+
 # ---------------------------------------------------------------- features
 def test_standardizer_floor_and_clip():
     rng = np.random.default_rng(0)
