@@ -242,7 +242,8 @@ def _add_tokens_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/tokens", help="output folder (default results/tokens)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--n-seeds", type=int, default=3, help="number of seeds seed, seed+1, ... (default 3)")
-    p.add_argument("--steps", type=int, default=2500, help="SVI steps per fit (default 2500)")
+    p.add_argument("--steps", type=int, default=14000,
+                   help="SVI step budget per fit; the convergence check stops earlier (default 14000)")
     p.add_argument("--batch-size", type=int, default=8192,
                    help="SVI minibatch rows (default 8192; 0 = full batch; tables this small run full batch)")
     p.add_argument("--guide", choices=("normal", "lowrank"), default="normal", help="SVI guide (default normal)")

@@ -24,7 +24,16 @@ same function serves training, evaluation and online routing. Columns (``FEATURE
 ``digit_share``             share of digits
 ==========================  ========================================================================================
 
-Standardisation is not done here: `Standardizer.fit` on the training rows, stored with the fit.
+Standardisation is not done here: `Standardizer.fit` on the training rows, stored with the fit. Two guards keep a
+query unlike the training rows from being extrapolated without bound (RouterBench has 17 non-English prompts of
+1786, ``non_ascii_share`` sd 0.00037, so a Chinese query once got z = 2700 and was priced at the length cap):
+
+* the scale has a floor, ``MIN_SCALE`` times the column's natural unit max(1, max |x|) (1 for the indicators and
+  shares): variation below a thousandth of a unit is noise, not a scale; and
+* standardised values are clipped to ``[-Z_MAX, Z_MAX]`` (6) in `Standardizer.transform`, which serves the fit and
+  prediction alike (the training rows are winsorised at 6 sd too, so the coefficient of a rare feature is learnt at
+  the same bounded z that an extreme query gets: the query is read as the most extreme training rows, not
+  extrapolated linearly).
 """
 
 from __future__ import annotations
@@ -36,7 +45,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["FEATURE_NAMES", "query_features", "count_prompt_tokens", "parse_turns", "Standardizer"]
+__all__ = ["FEATURE_NAMES", "query_features", "count_prompt_tokens", "parse_turns", "Standardizer", "Z_MAX",
+           "MIN_SCALE"]
+
+Z_MAX = 6.0  # standardised features are clipped to [-Z_MAX, Z_MAX]
+MIN_SCALE = 1e-3  # floor of a column's scale, relative to its natural unit max(1, max |x|)
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_prompt_tokens",
@@ -230,7 +243,7 @@ def query_features(
 
 
 class Standardizer(NamedTuple):
-    """Affine standardisation fitted on training features: z = (x - mean) / scale."""
+    """Affine standardisation fitted on training features, clipped: z = clip((x - mean) / scale, -Z_MAX, Z_MAX)."""
 
     mean: np.ndarray  # (F,) float32
     scale: np.ndarray  # (F,) float32, > 0
@@ -242,7 +255,8 @@ class Standardizer(NamedTuple):
         Args:
           x: (N, F) raw features, N >= 1, finite.
         Returns:
-          Standardizer with (F,) mean and scale (constant columns get scale 1).
+          Standardizer with (F,) mean and scale: the column's sd, at least MIN_SCALE * max(1, max |x|);
+          constant columns (sd below 1e-8 of that unit) get scale 1.
         """
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] == 0:
@@ -251,7 +265,9 @@ class Standardizer(NamedTuple):
             r, c = np.argwhere(~np.isfinite(x))[0]
             raise ValueError(f"Standardizer.fit: non-finite feature at row {r}, column {c}")
         sd = x.std(axis=0)
-        return cls(x.mean(axis=0).astype(np.float32), np.where(sd > 1e-8, sd, 1.0).astype(np.float32))
+        unit = np.maximum(1.0, np.abs(x).max(axis=0))
+        scale = np.where(sd > 1e-8 * unit, np.maximum(sd, MIN_SCALE * unit), 1.0)
+        return cls(x.mean(axis=0).astype(np.float32), scale.astype(np.float32))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Standardise features.
@@ -259,9 +275,9 @@ class Standardizer(NamedTuple):
         Args:
           x: (N, F) raw features.
         Returns:
-          (N, F) float32 standardised features.
+          (N, F) float32 standardised features, clipped to [-Z_MAX, Z_MAX].
         """
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
             raise ValueError(f"Standardizer.transform: expected (N, {self.mean.shape[0]}) features, got {x.shape}")
-        return ((x - self.mean) / self.scale).astype(np.float32)
+        return np.clip((x - self.mean) / self.scale, -Z_MAX, Z_MAX).astype(np.float32)

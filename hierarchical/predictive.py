@@ -14,8 +14,16 @@ For a posterior draw :math:`\phi_s = (\theta, \sigma, \nu)_s` the log-length is
 (:math:`E[e^{y}] = \infty` for every :math:`\nu`), so token-space moments are those of the length capped at
 ``max_tokens`` (every LLM has a maximum output length): :math:`\tilde t = \min(\max(e^y - 1, 0), \text{max\_tokens})`.
 They are Monte Carlo: ``per_draw`` samples for each posterior draw give :math:`E[\tilde t\mid\phi_s]` and
-:math:`\operatorname{Var}(\tilde t\mid\phi_s)`, and aleatoric + epistemic equals the variance of all samples exactly.
-Median and quantiles are of the same samples (the cap only matters above ``max_tokens``).
+:math:`\operatorname{Var}(\tilde t\mid\phi_s)`. With :math:`R` = ``per_draw`` samples per draw, the plain
+:math:`\operatorname{Var}_s(\bar t_s)` of the draws' sample means is biased upwards by the Monte Carlo noise of each
+mean, :math:`E_s[\operatorname{Var}(\tilde t\mid\phi_s)]/R` (a quarter of the aleatoric part at the default
+:math:`R = 4`), and the plain within-draw variance is biased down by :math:`(R - 1)/R`; so aleatoric is the mean of
+the unbiased (ddof 1) within-draw variances and epistemic is :math:`\operatorname{Var}_s(\bar t_s) - \text{aleatoric}/R`
+(the usual one-way random-effects correction), clipped at 0 by capping aleatoric at the variance of all samples; the
+two add up to the variance of all :math:`S R` samples exactly. With ``per_draw = 1`` there is no split (both NaN; the
+total is ``var_tokens_samples``). The capped moments of :math:`e^y` under a Student-t have no closed form, hence the
+Monte Carlo; log space has one (above). Median and quantiles are of the same samples (the cap only matters above
+``max_tokens``).
 
 Models absent from training: ``model_idx = -1``. With a known family (``family_idx >= 0``) the draw's
 coefficients come from the family prior :math:`\theta \sim N(\mu_{g,s}, \tau_{w,s}^2)`,
@@ -55,8 +63,8 @@ class Prediction(NamedTuple):
     mean_log: np.ndarray  # (N,) E[log1p tokens]
     var_log_aleatoric: np.ndarray  # (N,)
     var_log_epistemic: np.ndarray  # (N,)
-    var_tokens_aleatoric: np.ndarray  # (N,) capped tokens^2
-    var_tokens_epistemic: np.ndarray  # (N,)
+    var_tokens_aleatoric: np.ndarray  # (N,) capped tokens^2 (NaN with per_draw = 1)
+    var_tokens_epistemic: np.ndarray  # (N,) (NaN with per_draw = 1)
     var_tokens_samples: np.ndarray  # (N,) variance of all predictive samples (= aleatoric + epistemic)
     crps: np.ndarray | None  # (N,) tokens, when y_true was given
     samples: np.ndarray | None  # (N, S * per_draw) capped tokens, when asked for
@@ -67,7 +75,8 @@ class Prediction(NamedTuple):
 
     @property
     def var_tokens_total(self) -> np.ndarray:
-        return self.var_tokens_aleatoric + self.var_tokens_epistemic
+        """Total token-space variance: aleatoric + epistemic, defined with per_draw = 1 too."""
+        return self.var_tokens_samples
 
 
 def student_t(key: jax.Array, df: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -155,14 +164,20 @@ def _predict_chunk(draws, z, model_idx, family_idx, y_true, key, max_tokens, *, 
     t = student_t(k4, nu[:, None, :], (s, per_draw, c))
     tok = jnp.clip(jnp.expm1(loc[:, None, :] + scale[:, None, :] * t), 0.0, max_tokens)  # (S, R, C)
     mean_s = tok.mean(1)
-    var_tok_alea = tok.var(1).mean(0)
-    var_tok_epi = mean_s.var(0)
     flat = tok.reshape(s * per_draw, c).T  # (C, S*R)
+    var_tok_all = flat.var(1)
+    if per_draw > 1:
+        # unbiased within-draw variance; epistemic = Var_s(mean_s) - E_s[var_s] / R (the Monte Carlo noise of each
+        # draw's mean, which the plain Var_s(mean_s) counts as epistemic), clipped at 0 so the two add up to var_tok_all
+        var_tok_alea = jnp.minimum(tok.var(1, ddof=1).mean(0), var_tok_all)
+        var_tok_epi = var_tok_all - var_tok_alea
+    else:  # one sample per draw: no within-draw variance to estimate, so no split
+        var_tok_alea = var_tok_epi = jnp.full((c,), jnp.nan, jnp.float32)
     xs = jnp.sort(flat, axis=1)  # one sort serves quantiles, median and CRPS
     q = _sorted_quantiles(xs, probs)
     out = dict(median=_sorted_quantiles(xs, (0.5,))[:, 0], mean=mean_s.mean(0), quantiles=q, mean_log=mean_log,
                var_log_aleatoric=var_log_alea, var_log_epistemic=var_log_epi, var_tokens_aleatoric=var_tok_alea,
-               var_tokens_epistemic=var_tok_epi, var_tokens_samples=flat.var(1))
+               var_tokens_epistemic=var_tok_epi, var_tokens_samples=var_tok_all)
     if with_crps:
         out["crps"] = _crps_sorted(xs, y_true)
     if with_samples:
@@ -193,14 +208,18 @@ def predict(
       family_idx: (N,) int family of each row (used when model_idx = -1; -1 = unknown family: global prior).
         Default: the trained model's family, -1 for unknown models.
       key: PRNG key (default key(0)).
-      per_draw: predictive samples per posterior draw (S * per_draw samples per row).
+      per_draw: predictive samples per posterior draw (S * per_draw samples per row); the token-space split into
+        aleatoric and epistemic needs >= 2 (NaN with 1).
       probs: quantile levels (static; each new tuple compiles once).
       max_tokens: cap of the output length for token-space moments.
-      y_true: optional (N,) observed tokens: fills `crps`.
+      y_true: optional (N,) observed tokens (finite, >= 0): fills `crps`.
       return_samples: also return the (N, S * per_draw) samples.
       chunk_rows: rows per compiled call (rows are padded to a multiple of it).
     Returns:
       Prediction.
+    Raises:
+      ValueError: features not a non-empty (N, F) array or not finite, indices out of range, y_true not (N,)
+        finite counts >= 0.
     """
     x = np.asarray(features, np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
@@ -224,7 +243,17 @@ def predict(
     design = np.concatenate([np.ones((n, 1), np.float32), z], axis=1)
     key = jax.random.key(0) if key is None else key
     with_crps = y_true is not None
-    yt = np.zeros(n, np.float32) if y_true is None else np.asarray(y_true, np.float32).reshape(-1)
+    if y_true is None:
+        yt = np.zeros(n, np.float32)
+    else:
+        yt = np.asarray(y_true, np.float64)
+        if yt.shape != (n,):
+            raise ValueError(f"y_true must be ({n},) observed tokens, one per feature row; got shape {yt.shape}")
+        bad = ~np.isfinite(yt) | (yt < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"y_true[{i}] = {yt[i]} is not a finite token count >= 0 ({int(bad.sum())} bad values)")
+        yt = yt.astype(np.float32)
     # chunk length: chunk_rows, or the next power of two >= n for small inputs (a bounded set of compilations)
     c = chunk_rows if n >= chunk_rows else max(16, 1 << (n - 1).bit_length())
     npad = -(-n // c) * c

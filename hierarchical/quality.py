@@ -27,8 +27,9 @@ prior" was the global prior), although the models' mean qualities clearly differ
 hierarchy puts the scale well above 0: `python scripts/quality_scales_vs_nuts.py` prints both);
 `tests/test_quality_model.py` checks that the family level is recovered on data drawn from the model.
 
-Fit: SVI with an AutoNormal guide and optax Adam (warm-up + cosine decay), the step compiled once per static configuration and run in chunks
-of a `lax.scan` (the patterns of `hierarchical.fit`); rows are padded to a multiple of `PAD_ROWS` with zero weight
+Fit: SVI with an AutoNormal guide and optax Adam (warm-up, a constant rate until the loss stops falling, then a
+short decay: `hierarchical.svi_loop`, which also decides `meta["converged"]`), the step compiled once per static
+configuration and run in chunks of a `lax.scan` (the patterns of `hierarchical.fit`); rows are padded to a multiple of `PAD_ROWS` with zero weight
 so refitting on another split does not recompile. The result (`QualityFit`) holds posterior means and standard
 deviations of the weights at every level, the four scales and the per-model noise, which is what
 `bandit_sim.sim.linear.linear_prior` turns into the routers' cold / family / warm priors.
@@ -47,9 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-import optax
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
+
+from . import svi_loop
 
 __all__ = ["QualityFit", "QualityConfig", "quality_model", "fit_quality", "assemble", "PAD_ROWS"]
 
@@ -57,13 +59,15 @@ PAD_ROWS = 4096
 
 
 class QualityConfig(NamedTuple):
-    """SVI settings (static: a change recompiles)."""
+    """SVI settings (`hierarchical.svi_loop`; chunk, num_samples and prior_scale are static: a change recompiles)."""
 
-    num_steps: int = 3000
+    num_steps: int = 14000  # budget: warm-up + constant rate + decay (RouterBench / arena: stop by ~10000)
     chunk: int = 250
     peak_lr: float = 0.03
     warmup: int = 100
-    tol: float = 1e-4  # stop when the relative change of the chunk-mean loss is below tol ...
+    decay_steps: int = 2000  # cosine decay after the constant phase (500 left the loss 12 nats higher on arena)
+    window: int = 2000  # converged when the loss falls by less than tol (relative) per `window` steps at the
+    tol: float = 1e-3  # constant rate, upper 95% bound, twice running (`hierarchical.svi_loop`) ...
     min_steps: int = 1000  # ... after at least this many steps
     num_samples: int = 400  # guide draws behind the reported means and sds
     prior_scale: float = 1.0  # sd of w_global's prior
@@ -85,7 +89,7 @@ class QualityFit(NamedTuple):
     noise_sd: np.ndarray  # (K,) sigma_k
     family_of_model: np.ndarray  # (K,) int32
     elbo: np.ndarray  # (steps,) float32 loss trace
-    meta: dict  # steps, converged, seconds, n_rows, ...
+    meta: dict  # steps, converged (= svi_converged), seconds, n_rows, final_loss, ...
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Every array field (for `hierarchical.storage.write_checked_npz`; meta goes to the JSON side)."""
@@ -141,19 +145,15 @@ _RUNNERS: dict[tuple, _Runner] = {}
 
 
 def _runner(cfg: QualityConfig, k: int, g: int, shapes: tuple = ()) -> _Runner:
-    # data shapes in the key: a guide keeps its first (jitted) prototype trace (see hierarchical.fit._runner)
-    key = (cfg, k, g, shapes)
+    # data shapes in the key: a guide keeps its first (jitted) prototype trace (see hierarchical.fit._runner); the
+    # learning rates are arguments of the chunk, so the step budget and schedule are not part of the key
+    key = (cfg.chunk, cfg.num_samples, cfg.prior_scale, k, g, shapes)
     if key in _RUNNERS:
         return _RUNNERS[key]
     model = partial(quality_model, n_models=k, n_families=g, prior_scale=cfg.prior_scale)
     guide = AutoNormal(model, init_scale=0.05)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.peak_lr, cfg.warmup, max(cfg.num_steps, cfg.warmup + 1),
-                                                  end_value=cfg.peak_lr * 0.02)
-    svi = SVI(model, guide, optax.chain(optax.clip_by_global_norm(100.0), optax.adam(schedule)), Trace_ELBO())
-
-    @jax.jit
-    def run_chunk(state, data):
-        return jax.lax.scan(lambda s, _: svi.update(s, *data), state, None, length=cfg.chunk)
+    svi = SVI(model, guide, svi_loop.adam(), Trace_ELBO())
+    run_chunk = svi_loop.make_run_chunk(svi)
 
     @jax.jit
     def draw(rng, params, family_of_model):
@@ -216,24 +216,17 @@ def fit_quality(x: np.ndarray, model_idx: np.ndarray, family_of_model: np.ndarra
     r = _runner(config, k, g, tuple(a.shape for a in data))
     k_init, k_post = jax.random.split(jax.random.key(seed))
     state = r.init(k_init, *data)
-    losses, means, converged = [], [], False
-    for i in range(-(-config.num_steps // config.chunk)):
-        state, chunk_losses = r.run_chunk(state, data)
-        chunk_losses = np.asarray(chunk_losses)  # one host sync per chunk
-        if not np.all(np.isfinite(chunk_losses)):
-            raise FloatingPointError(f"fit_quality: SVI loss became non-finite in chunk {i} (try a smaller peak_lr)")
-        losses.append(chunk_losses)
-        means.append(float(chunk_losses.mean()))
-        if len(means) >= 2 and (i + 1) * config.chunk >= config.min_steps:
-            if abs(means[-1] - means[-2]) / max(abs(means[-1]), 1e-8) < config.tol:
-                converged = True
-                break
-    s = {a: np.asarray(v, np.float64) for a, v in r.draw(k_post, r.svi.get_params(state), data[3]).items()}
+    res = svi_loop.run_svi(r.run_chunk, state, data, num_steps=config.num_steps, chunk=config.chunk,
+                           peak_lr=config.peak_lr, warmup=config.warmup, decay_steps=config.decay_steps,
+                           window=config.window, tol=config.tol, min_steps=config.min_steps, what="fit_quality")
+    s = {a: np.asarray(v, np.float64) for a, v in r.draw(k_post, r.svi.get_params(res.state), data[3]).items()}
     mean = {a: v.mean(0).astype(np.float32) for a, v in s.items()}
     sd = {a: v.std(0).astype(np.float32) for a, v in s.items()}
-    elbo = np.concatenate(losses).astype(np.float32)
-    meta = dict(method="svi", guide="normal", steps=int(elbo.shape[0]), converged=converged,
-                seconds=time.perf_counter() - t0, n_rows=n, seed=seed, final_loss=means[-1])
+    elbo = res.losses
+    meta = dict(method="svi", guide="normal", steps=int(elbo.shape[0]), converged=res.converged,
+                svi_converged=res.converged, constant_lr_steps=res.constant_steps, decay_steps=res.decay_steps,
+                last_rel_decrease=res.rel_decrease, seconds=time.perf_counter() - t0, n_rows=n, seed=seed,
+                final_loss=float(elbo[-config.chunk:].mean()))
     return QualityFit(mean["w_global"], sd["w_global"], mean["tau_global"], mean["tau_family"],
                       mean["tau_global_bias"], mean["tau_family_bias"], mean["w_family"], sd["w_family"],
                       mean["w_model"], sd["w_model"], mean["sigma"], fam.astype(np.int32), elbo, meta)

@@ -485,10 +485,12 @@ def test_coldstart_linear_family_prior_beats_global_prior_on_a_known_world(tmp_p
     """Families share their weights (tau_family = 0.01 vs 0.2 between families): the newcomer that starts from its
     family's weights has less regret over the next queries than the one that starts from the global prior.
 
-    Fixed keys (seed 0). The SVI fit of the weight hierarchy is not seed-robust on so few families: with seed 1 it
-    settles on tau_global ~ 0.002 and tau_family ~ 0.02 (the family prior is then the global one and the conditions
-    tie); `tau_global` / `tau_family` are reported per newcomer for that reason. Shapes as in the end-to-end test
-    (6 models, 3 families, D = 33, 300 prompts, 8 episodes): the compiled programs are reused."""
+    Fixed keys (seed 0). The families differ in their mean quality (the bias weights): NUTS on this hierarchy puts
+    tau_global_bias at 0.21 (median; 90% [0.07, 0.69]) and the slopes' family spread tau_global at 0.0085
+    ([0.0065, 0.011]); the converged SVI fit gives 0.23-0.25 and 0.003-0.005. (A fit cut at 2000 steps, no longer
+    the quick setting, left tau_global at 0.02-0.05, which this test once took for the truth's structure.) Shapes as
+    in the end-to-end test (6 models, 3 families, D = 33, 300 prompts, 8 episodes): the compiled programs are
+    reused."""
     rd = _linear_truth_data()
     r = run_coldstart(rd, tmp_path, episodes=8, arrival=20, horizon=100, lam=0.0, gamma=0.0, tokens="standin",
                       quick=True, argv=["coldstart"], progress=False, seed=0)
@@ -498,7 +500,8 @@ def test_coldstart_linear_family_prior_beats_global_prior_on_a_known_world(tmp_p
     assert lin["family_prior"]["regret_next_500"]["mean"] < lin["global_prior"]["regret_next_500"]["mean"]
     assert lin["regret_next_500_reduction"] > 0.3 and lin["p_value"] < 0.05
     for v in lin["per_family"].values():  # the fit found the truth's structure: families apart, models close
-        assert v["fit"]["tau_family"] < 0.05 < v["fit"]["tau_global"]
+        assert v["fit"]["svi_converged"]
+        assert v["fit"]["tau_family"] < 0.05 < v["fit"]["tau_global_bias"]
 
 
 def test_coldstart_command_line_reaches_run_coldstart(monkeypatch, tmp_path, capsys):

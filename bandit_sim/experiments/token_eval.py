@@ -265,7 +265,7 @@ def run_token_eval(
     seeds: list[int],
     *,
     table: pd.DataFrame | None = None,
-    num_steps: int = 2500,
+    num_steps: int = 14000,
     batch_size: int | None = 8192,
     guide: str = "normal",
     num_samples: int = 400,
@@ -280,7 +280,8 @@ def run_token_eval(
       out: output folder (created).
       seeds: the seeds (>= 1; the issue asks for >= 3).
       table: optional tidy table to use instead of loading `data` (tests).
-      num_steps: SVI steps per fit (the ELBO convergence check may stop earlier).
+      num_steps: SVI step budget per fit (the convergence check of `hierarchical.svi_loop` stops earlier; a fit
+        that spends it reports svi_converged = False).
       batch_size: SVI minibatch rows (None = full batch; ignored when the table is smaller).
       guide: "normal" or "lowrank".
       num_samples: posterior draws kept.
