@@ -690,7 +690,7 @@ def run_compare(data: str | RoutingData, out: Path, *, folds: int = 5, episodes:
                   folds=folds, episodes=st.episodes,
                   bootstrap=st.bootstrap, target_retention=target_retention, uncertainty=uncertainty,
                   gamma=st.gamma, lambdas=LAMBDAS.tolist(), token_model=setups[0].token_source,
-                  notes=list(rd.notes) + fold_notes + setups[0].notes + list(REVISIONS),
+                  notes=list(rd.notes) + fold_notes + setups[0].notes + _token_fit_notes(setups) + list(REVISIONS),
                   variants=[{"name": v.name, "track": v.track, "kind": v.kind, "policy": v.policy, "knob": v.knob,
                              "knob_values": [lab for lab, _ in v.knob_values], "label_aware": v.label_aware}
                             for v in VARIANTS])
@@ -701,6 +701,17 @@ def run_compare(data: str | RoutingData, out: Path, *, folds: int = 5, episodes:
     write_json(out / "metrics.json", result)
     atomic_write(out / "report.md", _report(result))
     return result
+
+
+def _token_fit_notes(setups: list[FoldSetup]) -> list[str]:
+    """How many folds' token-model fits (SVI) met the convergence rule (none for the stand-in forecast)."""
+    metas = [fs.token_fit.get("svi") for fs in setups if fs.token_fit.get("svi")]
+    if not metas:
+        return []
+    ok = sum(bool(m.get("svi_converged", m.get("converged"))) for m in metas)
+    return [f"token model (SVI) per fold: {ok} of {len(metas)} fits met the convergence rule "
+            f"({', '.join(str(m.get('steps')) for m in metas)} steps)"
+            + ("" if ok == len(metas) else "; an unconverged fit's cost and uncertainty forecasts may still be moving")]
 
 
 def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, seed: int) -> dict:

@@ -402,6 +402,7 @@ class FoldSetup:
     train_rows: Any = None  # the training rows with their features (`sim.linear.train_rows`): warm linear priors
     pair: tuple[int, int] | None = None  # (strong, weak) model indices of the APGR/CPT pair, set by compare
     aiq_bounds: tuple[float, float] = (0.0, 1.0)  # the fold's common cost range for AIQ, set by compare
+    token_fit: dict = field(default_factory=dict)  # the token model's fit record ({"svi": meta}; empty: stand-in)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -421,7 +422,7 @@ def prepare_fold(rd: RoutingData, fold: Fold, *, seed: int = 0, tokens: str = "h
       FoldSetup.
     """
     fd = fold_data(rd, fold, train_fraction, seed)
-    preds, source, _ = _token_predictions(fd, ("val", "test"), seed, tokens, quick)
+    preds, source, token_fit = _token_predictions(fd, ("val", "test"), seed, tokens, quick)
     scale = training_cost_scale(fd)
     # the query's text features for the linear routers, from a featurizer fitted on the fold's training prompts
     featurizer, feat_note = featurizer_for_table(fd.split("train"), d=32, seed=seed)
@@ -437,7 +438,7 @@ def prepare_fold(rd: RoutingData, fold: Fold, *, seed: int = 0, tokens: str = "h
     prem, _ = training_premium(fd, models, premium)
     rows = train_rows(train, models, featurizer)
     return FoldSetup(fd, fold, worlds, infos, prem, source, list(infos["test"].notes) + [feat_note],
-                     featurizer=featurizer, train_rows=rows)
+                     featurizer=featurizer, train_rows=rows, token_fit=dict(token_fit))
 
 
 class Outcomes(NamedTuple):
