@@ -403,18 +403,21 @@ def test_posterior_is_a_frozen_record(fitted):
 
 def test_nuts_sees_the_table_unpadded(world, monkeypatch):
     # padding (PAD_ROWS, for SVI's compiled-step reuse) would make NUTS evaluate 4096 rows for a 360-row table
+    # (the spy records what NUTS is given and stops there: sampling is not what this test is about)
     seen = []
-    real_run = fit_module.MCMC.run
+
+    class Seen(Exception):
+        pass
 
     def spy(self, key, *args, **kwargs):
         seen.append([np.shape(a) for a in args])
-        return real_run(self, key, *args, **kwargs)
+        raise Seen
 
     monkeypatch.setattr(fit_module.MCMC, "run", spy)
     keep = (world["m"] < 6) & (np.arange(world["m"].size) % 500 < 60)  # 6 models x 60 rows
-    post = fit_nuts(world["x"][keep], world["m"][keep], FAM[:6], world["tokens"][keep], num_warmup=20, num_samples=20)
+    with pytest.raises(Seen):
+        fit_nuts(world["x"][keep], world["m"][keep], FAM[:6], world["tokens"][keep], num_warmup=20, num_samples=20)
     n = int(keep.sum())
-    assert n == 360 and post.meta["n_rows"] == n
+    assert n == 360
     x_shape, m_shape, y_shape, w_shape = seen[0][:4]
     assert x_shape == (n, F + 1) and m_shape == y_shape == w_shape == (n,)
-    assert post.draws["theta"].shape == (20, 6, F + 1)
