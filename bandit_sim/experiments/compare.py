@@ -726,8 +726,7 @@ def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, s
     for t in TRACKS:
         point = [_fold_stats(runs[t], fs, None) for fs, runs in zip(setups, per_fold)]
         boot = [_fold_stats(runs[t], fs, bw) for fs, runs, bw in zip(setups, per_fold, boots)]
-        aiq_pt = {n: float(np.mean([p[n]["aiq"] for p in point])) for n in names[t]}
-        aiq_bs = {n: np.mean([b[n]["aiq"] for b in boot], 0) for n in names[t]}
+        aiq_pt, aiq_bs = {}, {}  # every router's fold-mean AIQ and its bootstrap replicates (paired differences)
         routers = {}
         for name in names[t]:
             entry = {}
@@ -738,6 +737,8 @@ def _aggregate(rd, setups: list[FoldSetup], per_fold: list, st: Settings, rng, s
                 bs = np.mean([b[name][key] for b in boot], 0)
                 entry[key] = _ci(pt, bs)
                 entry[f"{key}_per_fold"] = [float(p[name][key]) for p in point]
+                if key == "aiq":
+                    aiq_pt[name], aiq_bs[name] = pt, bs
             if name == "zero_router":
                 entry["aiq_only"] = True
                 routers[name] = entry
