@@ -34,6 +34,7 @@ from bandit_sim.experiments.compare import check_fractions, run_compare
 from bandit_sim.experiments.families import DEFAULT_DATASETS, run_families
 from bandit_sim.experiments.impact import DEFAULT_ROUTERS, ROUTERS, check_routers, parse_mix, run_impact
 from bandit_sim.experiments.pipeline import STAGES, run_all
+from bandit_sim.experiments.report import pval
 from bandit_sim.experiments.sweep import parse_range, run_sweep
 from bandit_sim.experiments.token_eval import PROMPT_METHODS, run_token_eval
 from bandit_sim.serve.cli import add_serve_subparser
@@ -201,7 +202,7 @@ def _cmd_coldstart(args) -> int:
         pn = x.get("p_value_newcomers")
         return (f"p = {x['p_value']:.3g} over (newcomer, episode) units, conditional on these newcomers"
                 + ("" if "p_value_newcomers" not in x else
-                   f"; p = {'n/a' if pn is None or not math.isfinite(pn) else f'{pn:.3g}'} across newcomers"))
+                   f"; p = {pval(pn)} across newcomers"))
 
     print(f"wrote {args.out}/report.md: regret over the next 500 queries reduced by "
           f"{red(r['regret_next_500_reduction'])} with the family prior ({p(r)}); linear Thompson on "

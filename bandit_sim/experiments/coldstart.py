@@ -72,7 +72,8 @@ from bandit_sim.data.loaders import RoutingData, load_data
 from bandit_sim.data.text_features import featurizer_for_table, transform_table
 from bandit_sim.experiments import metrics as M
 from bandit_sim.experiments.protocol import run_policy, training_cost_scale
-from bandit_sim.experiments.report import command_line, fmt, interval, md_table, savefig, short_name, write_json
+from bandit_sim.experiments.report import (command_line, fmt, interval, md_table, pval, savefig, short_name,
+                                           write_json)
 from bandit_sim.experiments.stats import bootstrap_ci, paired_test
 from bandit_sim.sim.linear import fit_linear, linear_prior, train_rows
 from bandit_sim.sim.priors import family_prior_from_train, warm_prior_from_train
@@ -623,11 +624,6 @@ def _ci_txt(x: dict, nd: int = 2) -> str:
     return f"{x['mean']:.{nd}f} [{x['ci95'][0]:.{nd}f}, {x['ci95'][1]:.{nd}f}]"
 
 
-def _p(x) -> str:
-    """A p-value at 3 significant digits; "n/a" where it is undefined (None / NaN)."""
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3g}"
-
-
 TESTS_NOTE = ("Two tests of family vs reference stand side by side. The paired t-test (and Wilcoxon) over the "
               "(newcomer, episode) units is conditional on these newcomers: the episodes of one newcomer share its "
               "world, so they are not independent draws of a newcomer, and the test answers only \"for these "
@@ -661,9 +657,9 @@ def _linear_section(r: dict, lin: dict) -> list[str]:
                            "Wilcoxon p, same units", "t-test p across newcomers (per-newcomer means)",
                            "Wilcoxon p across newcomers"], [
         [name, fmt(x["regret_next_500_reduction"]), interval(x["regret_next_500_reduction_ci95"]),
-         f"{x['units']['mean_difference']:.3f}", _p(x["p_value"]), _p(x["wilcoxon"]["p_value"]),
-         f"{_p(x['p_value_newcomers'])} (n = {x['n_newcomers_test']})",
-         _p(x["newcomer_test"]["wilcoxon_p_value"])]
+         f"{x['units']['mean_difference']:.3f}", pval(x["p_value"]), pval(x["wilcoxon"]["p_value"]),
+         f"{pval(x['p_value_newcomers'])} (n = {x['n_newcomers_test']})",
+         pval(x["newcomer_test"]["wilcoxon_p_value"])]
         for name, x in (("Beta Thompson (family vs flat)", r), ("linear Thompson (family vs global)", lin))]))
     lines += ["", "The two scopes of the tests as in the summary: over the (newcomer, episode) units, conditional on "
               "these newcomers; across newcomers, the test that speaks to other newcomers."]
@@ -717,8 +713,8 @@ def _excess_section(r: dict, lin: dict | None) -> list[str]:
                      _ci_txt(x["excess_regret_next_500"][fc]), _ci_txt(x["excess_regret_next_500"][rc]),
                      f"**{fmt(x['excess_regret_next_500_reduction'])}** "
                      f"{interval(x['excess_regret_next_500_reduction_ci95'])}",
-                     _p(x["excess_p_value"]), _p(x["excess_wilcoxon"]["p_value"]),
-                     f"{_p(x['excess_p_value_newcomers'])} (n = {x['excess_n_newcomers_test']})"])
+                     pval(x["excess_p_value"]), pval(x["excess_wilcoxon"]["p_value"]),
+                     f"{pval(x['excess_p_value_newcomers'])} (n = {x['excess_n_newcomers_test']})"])
     lines.append(md_table(["router", "regret 500 (known)", "regret 500 (family)", "regret 500 (reference)",
                            "excess 100 (family)", "excess 100 (reference)", "excess 500 (family)",
                            "excess 500 (reference)", "reduction of excess 500 [95% CI]",
@@ -767,10 +763,10 @@ def _report(r: dict) -> str:
     lines += ["", f"Regret over the next 500 queries: reduction **{fmt(r['regret_next_500_reduction'])}** "
               f"{interval(r['regret_next_500_reduction_ci95'])} with the family prior; paired t-test over the "
               f"{r['units']['newcomers']} x {r['units']['episodes_per_newcomer']} (newcomer, episode) units, "
-              f"conditional on these {r['units']['newcomers']} newcomers: p = {_p(r['p_value'])} (Wilcoxon "
-              f"signed-rank p = {_p(r['wilcoxon']['p_value'])}); across newcomers (t-test on the "
-              f"{r['n_newcomers_test']} per-newcomer mean differences): p = {_p(r['p_value_newcomers'])} (Wilcoxon "
-              f"p = {_p(r['newcomer_test']['wilcoxon_p_value'])}).", "", TESTS_NOTE, "",
+              f"conditional on these {r['units']['newcomers']} newcomers: p = {pval(r['p_value'])} (Wilcoxon "
+              f"signed-rank p = {pval(r['wilcoxon']['p_value'])}); across newcomers (t-test on the "
+              f"{r['n_newcomers_test']} per-newcomer mean differences): p = {pval(r['p_value_newcomers'])} (Wilcoxon "
+              f"p = {pval(r['newcomer_test']['wilcoxon_p_value'])}).", "", TESTS_NOTE, "",
               "Regret is the pseudo-regret against the router that knows every model's mean quality (the same "
               "reference in both conditions).", ""]
     lin = r.get("linear_thompson")

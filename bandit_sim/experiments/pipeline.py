@@ -17,7 +17,7 @@ from bandit_sim.data.describe import describe, format_description
 from bandit_sim.data.loaders import BUNDLED, load_data
 from bandit_sim.experiments.coldstart import run_coldstart
 from bandit_sim.experiments.compare import run_compare
-from bandit_sim.experiments.report import fmt, interval
+from bandit_sim.experiments.report import fmt, interval, pval
 from bandit_sim.experiments.families import DEFAULT_DATASETS, run_families
 from bandit_sim.experiments.families import headlines as families_headlines
 from bandit_sim.experiments.impact import headlines as impact_headlines
@@ -125,9 +125,8 @@ def _p_newcomers(x: dict, prefix: str = "") -> str:
     if f"{prefix}p_value_newcomers" not in x:
         return f"paired p = {p:.2g}"
     pn, n = x[f"{prefix}p_value_newcomers"], x[f"{prefix}n_newcomers_test"]
-    pn = "n/a" if pn is None or pn != pn else f"{pn:.2g}"
-    return (f"paired p = {p:.2g} over (newcomer, episode) units, conditional on these {n} newcomers; p = {pn} across "
-            f"newcomers (t-test on {n} newcomer means)")
+    return (f"paired p = {p:.2g} over (newcomer, episode) units, conditional on these {n} newcomers; "
+            f"p = {pval(pn, 2)} across newcomers (t-test on {n} newcomer means)")
 
 
 def _heads_coldstart(r: dict) -> list[str]:

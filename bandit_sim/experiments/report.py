@@ -52,6 +52,11 @@ def interval(ci, digits: int = 3) -> str:
     return "[n/a]" if "–" in (fmt(lo, digits), fmt(hi, digits)) else f"[{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
 
+def pval(x: Any, digits: int = 3) -> str:
+    """A p-value at `digits` significant digits; "n/a" where it is undefined (None / NaN)."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
 def fmt(x: Any, digits: int = 3) -> str:
     """Format a number for a markdown table (None/NaN -> "–")."""
     if x is None:

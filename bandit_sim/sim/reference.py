@@ -223,4 +223,5 @@ def run_reference(policy: str, world: World, hyper: Hyper, order: np.ndarray, *,
 
     return dict(arm=out_arm, reward_t=out_r, regret_t=out_inst, alpha_beta_t=out_ab, reward=sums[0], quality=sums[1],
                 cost=sums[2], regret=sums[3], choices=choices, convergence=last_above + 1,
-                converged=last_above < steps - 1, state=dict(n=n, s=s, prior_a=prior_a, prior_b=prior_b, lin_mean=lin_m, lin_cov=lin_S))
+                converged=last_above < steps - 1,
+                state=dict(n=n, s=s, prior_a=prior_a, prior_b=prior_b, lin_mean=lin_m, lin_cov=lin_S))
